@@ -1,0 +1,302 @@
+"""CXR-LLaVA-v2 on current transformers: ViT image encoder, linear projector, Llama-2 language model.
+
+    pixels [B,1,S,S] -> VisionTower -> patch tokens [B, (S/P)^2, width] -> mm_projector -> image embeddings
+    prompt ids before <image> | image embeddings | prompt ids after <image> -> LlamaForCausalLM -> report tokens
+
+Generation is batched: prompts of different lengths are left-padded, a boolean mask hides the padding and the
+position ids count only real tokens, so every row sees exactly what it would see alone. The decode loop is written
+out here rather than delegated to ``generate``: a key/value cache allocated once per batch, rotary tables computed
+once per model, rows that have finished dropped from the batch, and no per-step work beyond the forward pass.
+The language model is transformers' own ``LlamaForCausalLM``; this loop calls its submodules (norms, projections,
+MLPs, head) and does the attention itself with ``scaled_dot_product_attention`` over the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from . import checkpoint as ckpt
+from .configuration import CheckpointError, CxrLlavaConfig
+from .preprocess import preprocess_image
+from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
+from .vision import VisionTower
+
+
+@dataclass
+class GeneratedReport:
+    text: str
+    token_ids: list[int]  # generated ids, the closing </s> excluded
+    n_new_tokens: int  # len(token_ids)
+    stopped_at_eos: bool  # False: the max_new_tokens limit was reached first
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+    return names[dtype]
+
+
+class CxrLlava(nn.Module):
+    def __init__(self, config: CxrLlavaConfig, tokenizer: LlamaSentencePiece):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vision_tower = VisionTower(config.vision)
+        self.mm_projector = nn.Linear(config.projector_dim, config.hidden_size)
+        llama_config = LlamaConfig(**config.llama)
+        llama_config._attn_implementation = "sdpa"
+        self.language_model = LlamaForCausalLM(llama_config)
+        self.source: str | None = None  # where the weights came from
+        self.revision: str | None = None  # the Hub commit, when loaded from the Hub
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- loading --------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = ckpt.DEFAULT_MODEL_ID, *, revision: str | None = None,
+                        device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                        allow_download: bool = False) -> "CxrLlava":
+        """Load a checkpoint in the published layout from a local folder or the Hugging Face cache.
+
+        Everything that can be checked without the weights (config.json, tokenizer files, weight files present) is
+        checked first. Weights are then read tensor by tensor straight onto ``device`` in ``dtype``.
+        """
+        folder, commit = ckpt.resolve(str(name_or_path), revision=revision, allow_download=allow_download)
+        files = ckpt.check_files(folder)
+        config = CxrLlavaConfig.from_file(folder / "config.json")
+        tokenizer = LlamaSentencePiece.from_dir(folder)
+        if tokenizer.vocab_size != config.vocab_size:
+            raise CheckpointError(
+                f"{folder / 'tokenizer.model'}: {tokenizer.vocab_size} tokens, but config.json llama.vocab_size is "
+                f"{config.vocab_size}"
+            )
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        with torch.device("meta"):
+            model = cls(config, tokenizer)
+        ckpt.load_weights(model, files, device, dtype)
+        model._materialise_buffers(device)
+        model.source, model.revision = str(folder), commit
+        return model.eval()
+
+    def _materialise_buffers(self, device: torch.device) -> None:
+        """Recreate the non-persistent buffers (rotary frequencies) that the meta-device build left empty."""
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        with torch.device(device):
+            self.language_model.model.rotary_emb = LlamaRotaryEmbedding(self.language_model.config)
+        leftover = [n for n, t in list(self.named_parameters()) + list(self.named_buffers()) if t.is_meta]
+        if leftover:
+            raise CheckpointError(f"tensors left without values after loading: {', '.join(leftover)}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.mm_projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mm_projector.weight.dtype
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> normalised float32 pixels [1, S, S] (see preprocess.py)."""
+        cfg = self.config
+        return preprocess_image(image, cfg.vision.image_size, cfg.image_mean, cfg.image_std)
+
+    def prompt_ids(self, system: str = REPORT_SYSTEM_PROMPT, user: str = REPORT_USER_PROMPT) -> PromptIds:
+        return self.tokenizer.encode_prompt(render_prompt(system, user))
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B,1,S,S] -> image embeddings [B, n_image_tokens, hidden]."""
+        features = self.vision_tower(pixels.to(self.device, self.dtype))
+        return self.mm_projector(features)
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_reports(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *,
+                         prompt: PromptIds | Sequence[PromptIds] | None = None, max_new_tokens: int = 512,
+                         temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                         ) -> list[GeneratedReport]:
+        """Write one report per image, all images in one batch.
+
+        ``images``: PIL images, or already preprocessed pixels [B,1,S,S]. ``prompt``: token ids from
+        :meth:`prompt_ids` (default: the published report prompt), one for all images or one per image.
+        ``temperature`` 0 is greedy decoding; otherwise sampling with ``top_p`` from a generator seeded by ``seed``.
+        Decoding stops at ``</s>`` or after ``max_new_tokens`` tokens.
+        """
+        if isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
+            pixels = torch.from_numpy(np.stack([self.preprocess(im) for im in images]))
+        else:
+            pixels = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        batch = pixels.shape[0]
+        if batch == 0:
+            return []
+        if prompt is None:
+            prompt = self.prompt_ids()
+        prompts = [prompt] * batch if isinstance(prompt, PromptIds) else list(prompt)
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for {batch} images")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
+        embeds, valid = self._prompt_embeddings(self.encode_images(pixels), prompts)
+        room = self.config.max_position_embeddings - int(valid.sum(1).max())
+        max_new_tokens = max(0, min(max_new_tokens, room))
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else int(seed))
+        tokens, lengths, eos = self._decode(embeds, valid, max_new_tokens, temperature, top_p, generator)
+        reports = []
+        for row in range(batch):
+            ids = tokens[row, : lengths[row]].tolist()
+            reports.append(GeneratedReport(text=self.tokenizer.decode_streamed(ids), token_ids=ids,
+                                           n_new_tokens=len(ids), stopped_at_eos=bool(eos[row])))
+        return reports
+
+    def _prompt_embeddings(self, image_embeds: torch.Tensor, prompts: list[PromptIds]):
+        """Left-padded input embeddings [B, L, hidden] and the mask of real positions [B, L]."""
+        embed = self.language_model.get_input_embeddings()
+        n_img = image_embeds.shape[1]
+        lengths = [len(p.before) + n_img + len(p.after) for p in prompts]
+        total = max(lengths)
+        batch = len(prompts)
+        embeds = torch.zeros(batch, total, image_embeds.shape[-1], dtype=self.dtype, device=self.device)
+        valid = torch.zeros(batch, total, dtype=torch.bool, device=self.device)
+        for row, (p, length) in enumerate(zip(prompts, lengths)):
+            start = total - length
+            ids = torch.tensor(p.before + p.after, dtype=torch.long, device=self.device)
+            text = embed(ids)
+            nb = len(p.before)
+            embeds[row, start:start + nb] = text[:nb]
+            embeds[row, start + nb:start + nb + n_img] = image_embeds[row]
+            embeds[row, start + nb + n_img:] = text[nb:]
+            valid[row, start:] = True
+        return embeds, valid
+
+    def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions [0, length), from the language model's own rotary embedding."""
+        if self._rope is None or self._rope[0].shape[0] < length:
+            size = max(length, self.config.max_position_embeddings)
+            rotary = self.language_model.model.rotary_emb
+            positions = torch.arange(size, device=self.device)[None]
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = rotary(probe, positions)
+            self._rope = (cos[0], sin[0])
+        return self._rope
+
+    def _decode(self, embeds, valid, max_new_tokens, temperature, top_p, generator):
+        lm = self.language_model
+        cfg = lm.config
+        layers = lm.model.layers
+        batch, prompt_len, _ = embeds.shape
+        n_heads = cfg.num_attention_heads
+        n_kv = cfg.num_key_value_heads or n_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+        capacity = prompt_len + max_new_tokens
+        eos_id = self.tokenizer.eos_id
+
+        cos_table, sin_table = self._rope_tables(capacity)
+        cache_k = [torch.empty(batch, n_kv, capacity, head_dim, dtype=self.dtype, device=self.device) for _ in layers]
+        cache_v = [torch.empty_like(k) for k in cache_k]
+        keep = torch.zeros(batch, capacity, dtype=torch.bool, device=self.device)  # real key positions
+        keep[:, :prompt_len] = valid
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)  # [B, L]
+        next_position = valid.sum(1)  # [B]
+
+        out_tokens = torch.zeros(batch, max(max_new_tokens, 1), dtype=torch.long, device=self.device)
+        out_len = torch.full((batch,), max_new_tokens, dtype=torch.long, device=self.device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        rows = torch.arange(batch, device=self.device)  # original row of each active row
+
+        def forward(x, pos, start, mask):
+            """x [b,t,hidden] at cache slots [start, start+t), rotary positions pos [b,t] -> last hidden [b,hidden]."""
+            b, t, _ = x.shape
+            cos = cos_table[pos].unsqueeze(1)
+            sin = sin_table[pos].unsqueeze(1)
+            for i, layer in enumerate(layers):
+                attn = layer.self_attn
+                h = layer.input_layernorm(x)
+                q = attn.q_proj(h).view(b, t, n_heads, head_dim).transpose(1, 2)
+                k = attn.k_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
+                v = attn.v_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+                cache_k[i][:, :, start:start + t] = k
+                cache_v[i][:, :, start:start + t] = v
+                keys, values = cache_k[i][:, :, :start + t], cache_v[i][:, :, :start + t]
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=n_kv != n_heads)
+                x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, n_heads * head_dim))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+            return lm.model.norm(x[:, -1])
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            if temperature == 0:
+                return logits.argmax(-1)
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            if top_p < 1:
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+                sorted_probs = sorted_probs.masked_fill(drop, 0)
+                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+        if max_new_tokens == 0:
+            return out_tokens[:, :0].cpu(), [0] * batch, [False] * batch
+
+        # Prefill: causal attention over real positions; a padding row attends to itself so no row is empty.
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=self.device).tril()
+        eye = torch.eye(prompt_len, dtype=torch.bool, device=self.device)
+        mask = (causal & valid[:, None, :]) | eye
+        hidden = forward(embeds, positions, 0, mask[:, None])
+        for step in range(max_new_tokens):
+            token = pick(lm.lm_head(hidden))
+            out_tokens[rows, step] = token
+            is_eos = token == eos_id
+            if bool(is_eos.any()):
+                out_len[rows[is_eos]] = step
+                stopped[rows[is_eos]] = True
+                alive = ~is_eos
+                if not bool(alive.any()):
+                    break
+                rows, token, next_position, keep = rows[alive], token[alive], next_position[alive], keep[alive]
+                for i in range(len(layers)):
+                    cache_k[i], cache_v[i] = cache_k[i][alive], cache_v[i][alive]
+            if step == max_new_tokens - 1:
+                break
+            slot = prompt_len + step
+            keep[:, slot] = True
+            x = lm.model.embed_tokens(token)[:, None]
+            hidden = forward(x, next_position[:, None], slot, keep[:, None, None, :slot + 1])
+            next_position = next_position + 1
+        return out_tokens.cpu(), out_len.tolist(), stopped.tolist()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
