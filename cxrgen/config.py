@@ -1,8 +1,24 @@
-"""Run configuration: the schema of config.yaml, command-line overrides and validation."""
+"""Run configuration: the schema of config.yaml, command-line overrides and validation.
+
+Every setting lives in a YAML file (``config.yaml`` is the documented default); ``--set section.key=value`` overrides
+any key, the value parsed as YAML (``--set generation.temperature=0.2``, ``--set data.root=null``). Unknown keys and
+bad values stop the run at start with one line naming the key and what is allowed. Relative paths are taken relative
+to the directory the command is run from.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value; the message is one line naming it."""
 
 
 @dataclass
@@ -34,3 +50,253 @@ class DataConfig:
     view_column: str | None = None
     reports: str | None = None
     projections: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """The checkpoint and where it runs.
+
+    name_or_path     Hugging Face id (read from the local cache) or a local checkpoint folder
+    revision         Hub branch, tag or commit to use (null: main)
+    dtype            auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32
+    device           auto | cpu | cuda | cuda:N
+    allow_download   fetch missing files from the Hub (off: compute nodes have no internet)
+    build_tiny_if_missing   build a tiny random checkpoint at name_or_path when the folder is absent (demo only)
+    """
+
+    name_or_path: str = "ECOFRI/CXR-LLAVA-v2"
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    allow_download: bool = False
+    build_tiny_if_missing: bool = False
+
+
+@dataclass
+class PromptConfig:
+    """The chat prompt; the image goes before the user text. null: the model's own report prompt."""
+
+    system: str | None = None
+    user: str | None = None
+
+
+@dataclass
+class GenerationConfig:
+    """batch_size images per forward pass; temperature 0 = greedy (reproducible); top_p and seed for sampling."""
+
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class LoaderConfig:
+    """Image decoding and preprocessing in background worker processes.
+
+    num_workers        worker processes (0 = in the main process)
+    prefetch_batches   batches each worker prepares ahead
+    max_pixels         refuse images with more pixels (decompression bombs)
+    percentile_window  [low, high] percentiles for 16-bit/float images without a DICOM window (null: full range)
+    """
+
+    num_workers: int = 4
+    prefetch_batches: int = 2
+    max_pixels: int = 89_478_485
+    percentile_window: list[float] | None = None
+
+
+@dataclass
+class OutputConfig:
+    """Results go to <dir>/<run_name>/ (reports.csv, metrics.json, run.json, report.html, parts/)."""
+
+    dir: str = "runs"
+    run_name: str = "cxr-llava-v2"
+    html: bool = True
+
+
+@dataclass
+class EvaluationConfig:
+    """Metrics computed at the end of a run (the same code as evaluate.py).
+
+    bootstrap   resamples for the 95% intervals (0: no intervals)
+    seed        bootstrap seed
+    clinical    CheXpert-style findings labels and clinical-efficacy F1
+    uncertain   how an uncertain finding counts: positive | negative | excluded
+    """
+
+    bootstrap: int = 1000
+    seed: int = 0
+    clinical: bool = True
+    uncertain: str = "positive"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "saved configuration") -> "Config":
+        cfg = _build(cls, raw, "", source)
+        validate(cfg)
+        return cfg
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.output.run_name
+
+
+CHOICES = {
+    "model.dtype": ("auto", "bfloat16", "float16", "float32"),
+    "data.format": ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest"),
+    "data.split": ("train", "val", "validate", "test", "all"),
+    "data.views": ("frontal", "all"),
+    "data.reference": ("findings", "impression", "findings+impression"),
+    "evaluation.uncertain": ("positive", "negative", "excluded"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> Config:
+    """Defaults <- YAML file <- ``--set`` overrides <- non-None ``flags`` (dotted keys), then validated."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the configuration ({e.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...)")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        _assign(raw, key.strip(), parsed, "--set")
+    for key, value in flags.items():
+        if value is not None:
+            _assign(raw, key, value, "command line")
+    return Config.from_dict(raw, source)
+
+
+def _assign(raw: dict, dotted: str, value: Any, where: str) -> None:
+    section, _, key = dotted.partition(".")
+    if not key:
+        raise ConfigError(f"{where}: {dotted!r} must be section.key (sections: {', '.join(_fields(Config))})")
+    node = raw.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: {section!r} is not a section")
+    node[key] = value
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls, raw: dict, prefix: str, source: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = _fields(cls)
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}' (allowed in {prefix.rstrip('.') or 'the top level'}: "
+            f"{', '.join(names)})"
+        )
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name] or {}, key + ".", source)
+        else:
+            values[name] = _coerce(raw[name], hint, key, source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {key} must not be empty")
+    origin = typing.get_origin(base)
+    if origin is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: {key} must be text, got {value!r}")
+        return str(value)
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that the types alone do not express."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    device = cfg.model.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    checks = [
+        ("generation.batch_size", cfg.generation.batch_size >= 1, "a positive integer"),
+        ("generation.max_new_tokens", cfg.generation.max_new_tokens >= 1, "a positive integer"),
+        ("generation.temperature", cfg.generation.temperature >= 0, ">= 0 (0 is greedy)"),
+        ("generation.top_p", 0 < cfg.generation.top_p <= 1, "in (0, 1]"),
+        ("loader.num_workers", cfg.loader.num_workers >= 0, ">= 0"),
+        ("loader.prefetch_batches", cfg.loader.prefetch_batches >= 1, ">= 1"),
+        ("loader.max_pixels", cfg.loader.max_pixels >= 1, "a positive integer"),
+        ("evaluation.bootstrap", cfg.evaluation.bootstrap >= 0, ">= 0"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key} must be {allowed}; got {getattr(getattr(cfg, section), name)!r}")
+    window = cfg.loader.percentile_window
+    if window is not None and not (len(window) == 2 and 0 <= window[0] < window[1] <= 100):
+        raise ConfigError(f"loader.percentile_window must be [low, high] with 0 <= low < high <= 100; got {window!r}")
+    if not cfg.output.run_name or "/" in cfg.output.run_name:
+        raise ConfigError(f"output.run_name must be a plain folder name; got {cfg.output.run_name!r}")
+    if cfg.data.format == "manifest" and not cfg.data.manifest:
+        raise ConfigError("data.manifest must name a CSV or JSONL file when data.format is manifest")
+    if cfg.data.format != "manifest" and not cfg.data.root:
+        raise ConfigError(f"data.root must name the dataset folder when data.format is {cfg.data.format}")

@@ -1,0 +1,265 @@
+"""generate_cxr.py end to end on the tiny checkpoint and the bundled images: outputs, resume, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cxrgen import runner
+from cxrgen.config import ConfigError, load_config
+from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
+from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "demo" / "images"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0, shards=2)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return CxrLlava.from_pretrained(tiny_dir, device="cpu")
+
+
+def write_manifest(folder: Path, n: int, broken: dict[int, str] | None = None) -> Path:
+    """n studies cycling through the bundled images; ``broken`` maps a row to a bad image path."""
+    images = sorted(IMAGES.glob("*.png"))
+    rows = []
+    for i in range(n):
+        path = str(images[i % len(images)])
+        if broken and i in broken:
+            path = broken[i]
+        rows.append({"id": f"S{i:03d}", "image_path": path, "reference": f"Report {i}: the lungs are clear, no effusion."})
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def make_config(tmp: Path, tiny_dir: Path, manifest: Path, run_name: str = "run", **overrides) -> Path:
+    cfg = {
+        "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
+        "generation": {"batch_size": 4, "max_new_tokens": 24},
+        "data": {"format": "manifest", "manifest": str(manifest), "split": "all"},
+        "loader": {"num_workers": 0},
+        "output": {"dir": str(tmp / "runs"), "run_name": run_name, "html": False},
+        "evaluation": {"bootstrap": 50},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    path = tmp / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def reports(run_dir: Path) -> pd.DataFrame:
+    return runner.read_reports_csv(run_dir / "reports.csv", "reports.csv")
+
+
+# -- configuration ---------------------------------------------------------------------------------------------------
+
+def test_default_config_is_the_published_benchmark_setup():
+    cfg = load_config(ROOT / "config.yaml")
+    assert cfg.model.name_or_path == "ECOFRI/CXR-LLAVA-v2" and cfg.generation.temperature == 0
+    assert cfg.prompt.system == REPORT_SYSTEM_PROMPT and cfg.prompt.user == REPORT_USER_PROMPT
+    assert (cfg.data.format, cfg.data.split) == ("iu_xray_kaggle", "test")
+    documented = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert {s: set(v) for s, v in documented.items()} == {s: set(v) for s, v in cfg.to_dict().items()}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("generation.batchsize=3", "unknown key 'generation.batchsize' (allowed in generation: batch_size"),
+    ("generation.batch_size=0", "generation.batch_size must be a positive integer; got 0"),
+    ("generation.batch_size=two", "generation.batch_size must be an integer, got 'two'"),
+    ("model.dtype=fp8", "model.dtype must be one of auto, bfloat16, float16, float32; got 'fp8'"),
+    ("model.device=gpu", "model.device must be auto, cpu, cuda or cuda:N"),
+    ("modell.device=cpu", "unknown key 'modell'"),
+    ("generation.top_p=1.5", "generation.top_p must be in (0, 1]"),
+])
+def test_bad_configuration_is_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "config.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_bad_key_exits_2_with_one_line():
+    result = run_cli("--config", "configs/demo.yaml", "--set", "generation.batchsize=3")
+    assert result.returncode == runner.EXIT_USAGE
+    assert result.stderr.strip().splitlines() == [
+        "error: configs/demo.yaml: unknown key 'generation.batchsize' (allowed in generation: batch_size, "
+        "max_new_tokens, temperature, top_p, seed)"]
+
+
+def test_missing_dataset_root_is_an_error_at_start(tmp_path, tiny_dir):
+    cfg = make_config(tmp_path, tiny_dir, tmp_path / "nope.csv")
+    result = run_cli("--config", str(cfg))
+    assert result.returncode == runner.EXIT_USAGE and "nope.csv" in result.stderr
+
+
+def test_parse_shard_from_flag_and_slurm():
+    assert runner.parse_shard("1/3", env={}) == (1, 3)
+    assert runner.parse_shard(None, env={}) == (0, 1)
+    assert runner.parse_shard(None, env={"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
+                                         "SLURM_ARRAY_TASK_MIN": "2"}) == (3, 4)
+    assert runner.parse_shard(None, env={"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}) == (2, 4)
+    with pytest.raises(runner.RunError, match="out of range"):
+        runner.parse_shard("3/3", env={})
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------------
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = run_cli("--config", "configs/demo.yaml", "--set", f"output.dir={tmp_path}",
+                     "--set", "output.html=false")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "demo"
+    frame = reports(run_dir)
+    assert list(frame["id"]) == ["CXR3", "CXR7", "CXR303", "CXR1900"]
+    assert set(frame["status"]) == {"ok"} and (frame["n_new_tokens"] > 0).all()
+    for col in ("bleu_1", "bleu_4", "rouge_l", "cider_d"):
+        assert col in frame.columns
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n"] == 4 and set(metrics["metrics"]) >= {"bleu_1", "bleu_4", "rouge_l", "cider_d"}
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["counts"]["ok"] == 4 and info["versions"]["torch"] and info["config"]["data"]["format"] == "manifest"
+
+
+def test_batch_equals_single_and_csv_round_trips(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 6)
+    for name, size in (("b1", 1), ("b4", 4)):
+        cfg = load_config(make_config(tmp_path, tiny_dir, manifest, name, generation__batch_size=size))
+        assert runner.generate(cfg, model=model, progress=False) == 0
+    a, b = reports(tmp_path / "runs" / "b1"), reports(tmp_path / "runs" / "b4")
+    assert list(a["generated_report"]) == list(b["generated_report"])
+    direct = model.generate_reports([model_image(p) for p in a["image_path"]], max_new_tokens=24)
+    assert list(a["generated_report"]) == [r.text for r in direct]
+
+
+def model_image(path):
+    from PIL import Image
+    return Image.open(path)
+
+
+def test_tricky_text_survives_the_csv(tmp_path):
+    rows = [{"id": "a,1", "image_path": "x", "reference": 'He said "no"\nnew line, comma', "generated_report": "é ✓ \r\n",
+             "status": "ok", "error": "", "n_new_tokens": 3, "stopped_at_eos": True, "seconds": 0.5}]
+    part = runner.PartFile(tmp_path / "p.csv")
+    part.append(rows)
+    back = part.read()
+    assert back.loc[0, "reference"] == rows[0]["reference"] and back.loc[0, "id"] == "a,1"
+    assert back.loc[0, "generated_report"] == rows[0]["generated_report"]
+
+
+def test_uncommitted_bytes_are_cut_on_recovery(tmp_path):
+    part = runner.PartFile(tmp_path / "p.csv")
+    row = {"id": "1", "image_path": "x", "reference": "r", "generated_report": "g", "status": "ok", "error": "",
+           "n_new_tokens": 1, "stopped_at_eos": False, "seconds": 0.1}
+    part.append([row])
+    with open(part.path, "ab") as f:  # a batch torn by a kill before its commit
+        f.write(b'2,x,"r,half a ro')
+    part.recover()
+    assert list(part.read()["id"]) == ["1"]
+    part.append([{**row, "id": "2"}])
+    assert list(part.read()["id"]) == ["1", "2"]
+
+
+def test_corrupt_and_missing_images_become_error_rows(tmp_path, tiny_dir, model):
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes((IMAGES / "CXR7_IM-2263-1001.png").read_bytes()[:500])
+    manifest = write_manifest(tmp_path, 5, broken={1: str(bad), 3: str(tmp_path / "missing.png")})
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest))
+    assert runner.generate(cfg, model=model, progress=False) == runner.EXIT_ROW_ERRORS
+    frame = reports(tmp_path / "runs" / "run")
+    assert list(frame["status"]) == ["ok", "error", "ok", "error", "ok"]
+    assert frame.loc[1, "error"].startswith(str(bad)) and "missing.png" in frame.loc[3, "error"]
+    assert (frame.loc[[0, 2, 4], "generated_report"] != "").all()
+    metrics = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())
+    assert metrics["n"] == 3
+
+
+# -- resume and shards -----------------------------------------------------------------------------------------------
+
+def test_shards_merged_equal_one_run(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 10)
+    whole = load_config(make_config(tmp_path, tiny_dir, manifest, "whole"))
+    assert runner.generate(whole, model=model, progress=False) == 0
+    sharded = load_config(make_config(tmp_path, tiny_dir, manifest, "sharded"))
+    for i in (2, 0, 1):
+        assert runner.generate(sharded, shard=(i, 3), model=model, progress=False) == 0
+        assert (tmp_path / "runs" / "sharded" / "reports.csv").exists() == (i == 1)
+    a, b = reports(tmp_path / "runs" / "whole"), reports(tmp_path / "runs" / "sharded")
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    # an explicit merge gives the same file again
+    (tmp_path / "runs" / "sharded" / "reports.csv").unlink()
+    assert runner.merge(tmp_path / "runs" / "sharded") == 0
+    pd.testing.assert_frame_equal(b, reports(tmp_path / "runs" / "sharded"))
+
+
+def test_merge_refuses_missing_studies(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 6)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "partial"))
+    runner.generate(cfg, shard=(0, 2), model=model, progress=False)
+    with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing"):
+        runner.merge(tmp_path / "runs" / "partial")
+
+
+def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 3)
+    runner.generate(load_config(make_config(tmp_path, tiny_dir, manifest, "r")), model=model, progress=False)
+    other = load_config(make_config(tmp_path, tiny_dir, manifest, "r", generation__max_new_tokens=10))
+    with pytest.raises(runner.RunError, match="generation.max_new_tokens"):
+        runner.generate(other, model=model, progress=False)
+    assert runner.generate(other, model=model, progress=False, resume=False) == 0
+    assert (reports(tmp_path / "runs" / "r")["n_new_tokens"] <= 10).all()
+
+
+def _committed_rows(run_dir: Path) -> int:
+    part = runner.PartFile(run_dir / "parts" / "shard-0-of-1.csv")
+    return len(part.read()) if part.committed_path.exists() else 0
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, model, how):
+    manifest = write_manifest(tmp_path, 16)
+    slow = dict(generation__batch_size=2, generation__max_new_tokens=400)
+    reference_cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "reference", **slow))
+    assert runner.generate(reference_cfg, model=model, progress=False) == 0
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", **slow)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while _committed_rows(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if how == "sigterm":
+        assert proc.returncode == runner.EXIT_INTERRUPTED, err
+        assert "resume" in err
+    done_before = _committed_rows(run_dir)
+    assert 4 <= done_before < 16 and not (run_dir / "reports.csv").exists()
+    result = run_cli("--config", str(cfg_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{done_before} already done" in result.stderr
+    a, b = reports(tmp_path / "runs" / "reference"), reports(run_dir)
+    assert b["id"].is_unique and len(b) == 16
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
