@@ -123,7 +123,7 @@ class EvaluationConfig:
     bootstrap   resamples for the 95% intervals (0: no intervals)
     seed        bootstrap seed
     clinical    CheXpert-style findings labels and clinical-efficacy F1
-    uncertain   how an uncertain finding counts: positive | negative | excluded
+    uncertain   how an uncertain finding counts: positive | negative | exclude
     """
 
     bootstrap: int = 1000
@@ -162,7 +162,7 @@ CHOICES = {
     "data.split": ("train", "val", "validate", "test", "all"),
     "data.views": ("frontal", "all"),
     "data.reference": ("findings", "impression", "findings+impression"),
-    "evaluation.uncertain": ("positive", "negative", "excluded"),
+    "evaluation.uncertain": ("positive", "negative", "exclude"),
 }
 
 

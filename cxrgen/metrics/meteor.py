@@ -1,0 +1,63 @@
+"""METEOR through NLTK (``nltk.translate.meteor_score.single_meteor_score``), only when its data exist.
+
+NLTK's METEOR matches exact tokens, Porter stems and WordNet synonyms, so it needs the WordNet
+corpus. It is used only when ``nltk.data.find`` locates it; nothing is ever downloaded. When it is
+missing the metric is reported as unavailable, with the command that installs the data.
+
+Scores: per sample ``single_meteor_score(reference_tokens, hypothesis_tokens)`` with NLTK's
+defaults (alpha 0.9, beta 3, gamma 0.5) on the tokens of the evaluation's tokenizer; 0 for an
+empty hypothesis; the corpus METEOR is the mean over samples. This is NLTK's implementation, not
+the Java METEOR 1.5 that coco-caption runs, and the two give different numbers; the compatibility
+mode therefore does not report METEOR.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+INSTALL_HINT = "python -m nltk.downloader wordnet"
+
+
+@functools.lru_cache(maxsize=1)
+def meteor_availability() -> tuple[bool, str]:
+    """``(True, "")`` when NLTK and its WordNet data are installed, else ``(False, reason)``
+    (checked once per process)."""
+    try:
+        import nltk
+    except ImportError:
+        return False, "nltk is not installed (pip install nltk)"
+    for resource in ("corpora/wordnet", "corpora/wordnet.zip"):
+        try:
+            nltk.data.find(resource)
+            break
+        except LookupError:
+            continue
+    else:
+        return False, f"NLTK's WordNet data were not found (nltk.data.find failed); install them with: {INSTALL_HINT}"
+    try:
+        from nltk.translate.meteor_score import single_meteor_score
+
+        single_meteor_score(["heart", "normal"], ["heart", "normal"])
+    except (LookupError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return False, f"NLTK's METEOR could not load its data ({first_line}); install them with: {INSTALL_HINT}"
+    return True, ""
+
+
+def nltk_version() -> str:
+    import nltk
+
+    return nltk.__version__
+
+
+def meteor_scores(hyps: list[list[str]], refs: list[list[str]]) -> np.ndarray:
+    """Per-sample METEOR of token lists (call only after :func:`meteor_availability` said yes)."""
+    from nltk.translate.meteor_score import single_meteor_score
+
+    out = np.zeros(len(hyps))
+    for i, (h, r) in enumerate(zip(hyps, refs)):
+        if h and r:
+            out[i] = single_meteor_score(r, h)
+    return out

@@ -1,0 +1,70 @@
+"""Tokenizers for the text metrics: one default tokenizer and one compatibility cleaner.
+
+Every text metric (BLEU, ROUGE-L, CIDEr-D, METEOR) sees the tokens produced by exactly one of the two
+functions below, chosen by the evaluation mode; the choice is recorded in the signature (``tok:...``).
+
+Default, ``cxr-v1`` (:func:`tokenize_cxr`):
+
+1. Unicode NFKC normalisation, then lower case (``str.lower``).
+2. De-identification placeholders become one token, ``xxxx``: a whole word made only of three or more
+   ``x`` (Open-i / IU X-ray write ``XXXX``) and a run of two or more underscores (MIMIC-CXR writes
+   ``___``). ``XXXX-year-old`` becomes ``xxxx - year - old``; ``XXXX.`` becomes ``xxxx .``.
+3. The text is split into tokens, scanning left to right and taking the first rule that matches:
+   a number with decimal or thousands separators (``1.5``, ``2,300``: digits, then one or more
+   groups of ``.`` or ``,`` followed by digits) is one token; a run of letters and digits is one
+   token (``t12``, ``cm``, ``xxxx``); any other non-space character is a token on its own
+   (``.``, ``,``, ``-``, ``/``, ``(``, ...). Whitespace separates tokens and is dropped.
+   Punctuation is therefore split off the words and kept as tokens (as sacrebleu's ``13a`` does),
+   so sentence ends count as n-gram boundaries.
+
+Compatibility, ``pycoco-strip`` (:func:`clean_pycoco`), used by ``--compat pycocoevalcap``:
+
+1. Lower case (``str.lower``, no Unicode normalisation).
+2. Every character of the 32 ASCII punctuation characters
+   ``!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~`` (Python's ``string.punctuation``) is deleted, not replaced by
+   a space: ``x-ray`` becomes ``xray``, ``1.5`` becomes ``15``, ``XXXX.`` becomes ``xxxx``.
+3. Runs of whitespace become one space; leading and trailing whitespace is removed.
+
+The cleaned string is then split on spaces by the pycocoevalcap-compatible scorers. On text that is
+already lower case, free of those punctuation characters and single-spaced without leading or
+trailing spaces, :func:`clean_pycoco` returns its input unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+
+DEFAULT_TOKENIZER = "cxr-v1"
+COMPAT_TOKENIZER = "pycoco-strip"
+DEID_TOKEN = "xxxx"
+
+_DEID_X = re.compile(r"(?<![^\W_])x{3,}(?![^\W_])")
+_DEID_UNDERSCORE = re.compile(r"_{2,}")
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+|\S")
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+_SPACES = re.compile(r"\s+")
+
+
+def tokenize_cxr(text: str) -> list[str]:
+    """Tokens of ``text`` under the default ``cxr-v1`` rules (module docstring); ``[]`` for empty text."""
+    if not text:
+        return []
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DEID_UNDERSCORE.sub(f" {DEID_TOKEN} ", text)
+    text = _DEID_X.sub(DEID_TOKEN, text)
+    return _TOKEN.findall(text)
+
+
+def clean_pycoco(text: str) -> str:
+    """``text`` cleaned under the ``pycoco-strip`` rules (module docstring): lower case, ASCII
+    punctuation deleted, whitespace collapsed to single spaces and stripped."""
+    if not text:
+        return ""
+    return _SPACES.sub(" ", text.lower().translate(_PUNCT_TABLE)).strip()
+
+
+def tokenize_pycoco(text: str) -> list[str]:
+    """Tokens of ``text`` in compatibility mode: :func:`clean_pycoco` then split on spaces."""
+    return clean_pycoco(text).split()
