@@ -111,11 +111,12 @@ def _upstream_names(model) -> dict[str, str]:
 
 
 def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 3, legacy: bool = False,
-                          weight_scale: float = 1.0, **sizes) -> Path:
+                          weight_scale: float = 1.0, never_eos: bool = False, **sizes) -> Path:
     """Write a complete tiny checkpoint to ``out_dir`` (created) and return it.
 
     ``shards`` > 1 writes ``model-0000N-of-0000M.safetensors`` with ``model.safetensors.index.json``; 1 writes a
-    single ``model.safetensors``. The weights are random (seeded), with a larger spread than a training init so that
+    single ``model.safetensors``. ``never_eos`` zeroes the ``</s>`` row of the output layer, so that every report
+    runs to ``max_new_tokens`` (for benchmarks). The weights are random (seeded), with a larger spread than a training init so that
     different images give different reports, and ``vision_tower.proj`` is included as in the real checkpoint.
     """
     from safetensors.torch import save_file
@@ -145,6 +146,8 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 3
                 fan_in = param[0].numel()
             value = weight_scale * torch.randn(param.shape) / fan_in ** 0.5
         tensors[names[name]] = value.contiguous()
+    if never_eos:
+        tensors["lm_head.weight"][tokenizer.eos_id] = 0
     vis = raw["clip_vision_cfg"]
     tensors["vision_tower.proj"] = torch.randn(vis["width"], raw["clip_embed_dim"]) / vis["width"] ** 0.5
 
