@@ -151,6 +151,21 @@ def test_batch_with_different_prompt_lengths_equals_single_calls(tiny):
     assert len({tuple(r.token_ids) for r in batch}) == 3
 
 
+def test_eos_checked_every_few_steps_gives_the_same_reports(reference):
+    """The GPU setting (look for </s> every 8 steps, compact the batch late) changes nothing in the output."""
+    model, rows = reference
+    images = _images([r["image"] for r in rows])
+    every_step = model.generate_reports(images, max_new_tokens=rows[0]["max_new_tokens"])
+    model.eos_check_every = 8
+    try:
+        late = model.generate_reports(images, max_new_tokens=rows[0]["max_new_tokens"])
+    finally:
+        model.eos_check_every = None
+    assert [(r.token_ids, r.stopped_at_eos, r.text) for r in late] == \
+        [(r.token_ids, r.stopped_at_eos, r.text) for r in every_step]
+    assert any(r.stopped_at_eos for r in late) and any(not r.stopped_at_eos for r in late)
+
+
 def test_stops_at_eos_and_respects_the_limit(reference):
     model, rows = reference
     row = next(r for r in rows if r["stopped_at_eos"])
