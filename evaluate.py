@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from cxrgen import evaluation
+from cxrgen.report import ResultsPageError, attach_scores, write_results_page
 from cxrgen.metrics import clinical, model_based
 
 
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", type=Path, default=None, help="where to write the outputs (default: beside the first CSV)")
+    o.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained results page (images, reports, scores, findings) to FILE",
+    )
     lab = p.add_argument_group("labelling only")
     lab.add_argument("--label-only", type=Path, metavar="REPORTS.csv", help="label the reports of a CSV and exit")
     lab.add_argument("--text-col", default=None, help="report text column for --label-only")
@@ -135,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         first = evaluation.expand_inputs(args.inputs)[0][1]
         out_dir = args.output_dir or evaluation.default_output_dir(first)
         paths = evaluation.write_outputs(report, out_dir)
-    except evaluation.EvaluationInputError as exc:
+        if args.html:
+            scored = {name: attach_scores(frames[name], report.systems[name].per_sample, id_col=args.id_col)
+                      for name in report.systems}
+            paths["html"] = write_results_page(
+                args.html, scored, report.summary_dict(), baseline=report.baseline, id_col=args.id_col,
+                hyp_col=args.hyp_col, ref_col=args.ref_col, status_col=args.status_col or None)
+    except (evaluation.EvaluationInputError, ResultsPageError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     print(evaluation.format_table(report))
