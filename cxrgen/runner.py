@@ -499,6 +499,7 @@ def merge(run_dir: Path, *, cfg: Config | None = None, selection: Selection | No
         _write_html(run_dir, cfg, report, evaluation)
     log.info("merged %d studies into %s (%d ok, %d error); metrics in %s", len(rows), run_dir / "reports.csv",
              len(rows) - n_error, n_error, run_dir / "metrics.json")
+    log.info("%s", _headline(evaluation.summary))
     return EXIT_ROW_ERRORS if n_error else EXIT_OK
 
 
@@ -510,6 +511,19 @@ def _write_html(run_dir: Path, cfg: Config, report: pd.DataFrame, evaluation) ->
     summary = {"signature": evaluation.signature, "systems": {cfg.output.run_name: evaluation.summary},
                "comparisons": []}
     write_results_page(run_dir / "report.html", {cfg.output.run_name: report}, summary)
+
+
+def _headline(summary: dict) -> str:
+    """One log line with the main corpus metrics and their intervals."""
+    parts = []
+    entries = {**summary.get("metrics", {}), **summary.get("clinical", {}).get("metrics", {})}
+    for key in ("bleu_1", "bleu_4", "rouge_l", "cider_d", "cxrllava6_micro_f1"):
+        entry = entries.get(key)
+        if entry and entry.get("value") is not None:
+            ci = entry.get("ci")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            parts.append(f"{key} {entry['value']:.3f}{interval}")
+    return "metrics: " + ", ".join(parts)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

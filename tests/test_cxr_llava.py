@@ -247,6 +247,21 @@ def test_single_file_checkpoint_equals_sharded(tiny_dir, tiny, tmp_path):
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
 
 
+def test_pytorch_bin_fallback_equals_safetensors(tiny_dir, tiny, tmp_path):
+    folder = tmp_path / "bin"
+    shutil.copytree(tiny_dir, folder)
+    tensors = {}
+    for shard in folder.glob("model-*.safetensors"):
+        tensors.update(load_file(shard))
+        shard.unlink()
+    (folder / "model.safetensors.index.json").unlink()
+    torch.save(tensors, folder / "pytorch_model.bin")
+    model = CxrLlava.from_pretrained(folder, device="cpu")
+    image = _images(["CXR1900_IM-0584-1001.png"])
+    assert model.generate_reports(image, max_new_tokens=16)[0].token_ids == \
+        tiny.generate_reports(image, max_new_tokens=16)[0].token_ids
+
+
 def _edit_shard(folder: Path, edit) -> None:
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shard = folder / index["weight_map"]["lm_head.weight"]

@@ -195,6 +195,38 @@ def test_corrupt_and_missing_images_become_error_rows(tmp_path, tiny_dir, model)
     assert metrics["n"] == 3
 
 
+def test_dicom_images_run_through_a_manifest(tmp_path, tiny_dir, model):
+    """An 8-bit DICOM of a bundled PNG gives the same report as the PNG itself."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    png = IMAGES / "00000013_019.png"
+    pixels = np.asarray(Image.open(png).convert("L"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    dcm = tmp_path / "study.dcm"
+    ds.save_as(dcm, enforce_file_format=True)
+    manifest = tmp_path / "dicom.csv"
+    pd.DataFrame([{"id": "dcm", "image_path": "study.dcm", "reference": "No acute disease."},
+                  {"id": "png", "image_path": str(png), "reference": "No acute disease."}]).to_csv(manifest, index=False)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "dicom"))
+    assert runner.generate(cfg, model=model, progress=False) == 0
+    frame = reports(tmp_path / "runs" / "dicom")
+    assert list(frame["status"]) == ["ok", "ok"]
+    assert frame.loc[0, "generated_report"] == frame.loc[1, "generated_report"] != ""
+
+
 # -- resume and shards -----------------------------------------------------------------------------------------------
 
 def test_shards_merged_equal_one_run(tmp_path, tiny_dir, model):
@@ -236,19 +268,29 @@ def _committed_rows(run_dir: Path) -> int:
     return len(part.read()) if part.committed_path.exists() else 0
 
 
+SLOW = dict(generation__batch_size=2, generation__max_new_tokens=160)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_dir, model):
+    """16 studies run without interruption: what a killed and resumed run must end up with."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    manifest = write_manifest(tmp, 16)
+    assert runner.generate(load_config(make_config(tmp, tiny_dir, manifest, "reference", **SLOW)), model=model,
+                           progress=False) == 0
+    return manifest, reports(tmp / "runs" / "reference")
+
+
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, model, how):
-    manifest = write_manifest(tmp_path, 16)
-    slow = dict(generation__batch_size=2, generation__max_new_tokens=400)
-    reference_cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "reference", **slow))
-    assert runner.generate(reference_cfg, model=model, progress=False) == 0
-    cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", **slow)
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, uninterrupted, how):
+    manifest, expected = uninterrupted
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", **SLOW)
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
     while _committed_rows(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -260,6 +302,6 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, model
     result = run_cli("--config", str(cfg_path))
     assert result.returncode == 0, result.stderr
     assert f"{done_before} already done" in result.stderr
-    a, b = reports(tmp_path / "runs" / "reference"), reports(run_dir)
-    assert b["id"].is_unique and len(b) == 16
-    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    resumed = reports(run_dir)
+    assert resumed["id"].is_unique and len(resumed) == 16
+    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
