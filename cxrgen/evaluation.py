@@ -208,7 +208,8 @@ def load_systems(args: Sequence[str]) -> dict[str, pd.DataFrame]:
 # Validation
 
 
-def _is_empty(value) -> bool:
+def is_empty_text(value) -> bool:
+    """Whether a cell counts as no text: None, NaN, blank, or 'nan'/'none'/'null' in any case."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -257,7 +258,7 @@ def prepare(
                 f"{where}: no column {col!r} ({flag}); the columns are: {', '.join(map(str, visible))}"
             )
     ids = df[id_col]
-    empty_id = [i for i in df.index if _is_empty(ids[i])]
+    empty_id = [i for i in df.index if is_empty_text(ids[i])]
     if empty_id:
         raise EvaluationInputError(f"{where}: empty id at " + "; ".join(_row_ref(df, i) for i in empty_id[:5]))
     ids = ids.astype(str).str.strip()
@@ -269,11 +270,11 @@ def prepare(
     excluded: dict[str, list[str]] = {"error": [], "empty_reference": []}
     keep = np.ones(len(df), dtype=bool)
     if status_col and status_col in df.columns:
-        status = df[status_col].map(lambda v: "" if _is_empty(v) else str(v).strip().lower())
+        status = df[status_col].map(lambda v: "" if is_empty_text(v) else str(v).strip().lower())
         bad = (status != "ok") & (status != "")
         excluded["error"] = ids[bad].tolist()
         keep &= ~bad.to_numpy()
-    empty_ref = df[ref_col].map(_is_empty).to_numpy() & keep
+    empty_ref = df[ref_col].map(is_empty_text).to_numpy() & keep
     excluded["empty_reference"] = ids[empty_ref].tolist()
     keep &= ~empty_ref
     frame = df.loc[keep].copy()
@@ -438,7 +439,7 @@ def evaluate_systems(
                 labeler_version = getattr(label_reports, "LABELER_VERSION", None) or getattr(
                     label_reports, "__name__", "custom"
                 )
-            refs0 = [_text(v) for v in prepared[baseline].frame[ref_col]]
+            refs0 = [text_or_empty(v) for v in prepared[baseline].frame[ref_col]]
             ref_labels = clinical.label_texts(refs0, label_reports)
         except ImportError as exc:
             clinical_reason = f"the CheXpert labeler could not be imported ({exc})"
@@ -462,8 +463,8 @@ def evaluate_systems(
     scores: dict[str, Scores] = {}
     for n in order:
         p = prepared[n]
-        hyps = [_text(v) for v in p.frame[hyp_col]]
-        refs = [_text(v) for v in p.frame[ref_col]]
+        hyps = [text_or_empty(v) for v in p.frame[hyp_col]]
+        refs = [text_or_empty(v) for v in p.frame[ref_col]]
         s = score_texts(
             hyps,
             refs,
@@ -527,8 +528,9 @@ def evaluate_systems(
     )
 
 
-def _text(value) -> str:
-    return "" if _is_empty(value) else str(value)
+def text_or_empty(value) -> str:
+    """The cell as text, '' for what :func:`is_empty_text` calls empty."""
+    return "" if is_empty_text(value) else str(value)
 
 
 def _comparable_keys(a: Scores, b: Scores) -> list[str]:
@@ -547,7 +549,7 @@ def _system_summary(
     uncertain: str,
 ) -> dict:
     hyps = p.frame[hyp_col]
-    empty_ids = [i for i, v in zip(p.ids, hyps) if _is_empty(v)]
+    empty_ids = [i for i, v in zip(p.ids, hyps) if is_empty_text(v)]
     excluded = {k: list(v) for k, v in p.excluded.items()}
     summary = {
         "n": s.n,
@@ -593,7 +595,7 @@ def _system_summary(
 
 
 def _per_sample_frame(p: Prepared, s: Scores, id_col: str, hyp_col: str) -> pd.DataFrame:
-    data = {"id": p.ids, "empty_hyp": [_is_empty(v) for v in p.frame[hyp_col]]}
+    data = {"id": p.ids, "empty_hyp": [is_empty_text(v) for v in p.frame[hyp_col]]}
     for key, values in s.per_sample.items():
         data[key] = values
     if s.hyp_labels is not None:
@@ -884,7 +886,7 @@ def label_csv(
             raise EvaluationInputError(
                 f"{input_path}: no column {col!r} ({flag}); the columns are: {', '.join(visible)}"
             )
-    texts = [_text(v) for v in df[text_col]]
+    texts = [text_or_empty(v) for v in df[text_col]]
     labels = clinical.label_texts(texts, label_reports)
     codes = clinical.label_codes(labels, f"{input_path}: labels")
     out = pd.DataFrame({id_col: df[id_col].astype(str).tolist()})

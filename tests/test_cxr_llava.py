@@ -231,15 +231,20 @@ def test_tiny_builder_writes_the_published_layout(tiny_dir):
     assert set(index) == reference_keys  # the same tensor names as the published code saves
 
 
-def test_single_file_checkpoint_equals_sharded(tiny_dir, tiny, tmp_path):
-    single = tmp_path / "single"
-    shutil.copytree(tiny_dir, single)
+def _unsharded_copy(tiny_dir: Path, folder: Path) -> dict[str, torch.Tensor]:
+    """Copy the checkpoint without its safetensors shards and index; return their tensors."""
+    shutil.copytree(tiny_dir, folder)
     tensors = {}
-    for shard in single.glob("model-*.safetensors"):
+    for shard in folder.glob("model-*.safetensors"):
         tensors.update(load_file(shard))
         shard.unlink()
-    (single / "model.safetensors.index.json").unlink()
-    save_file(tensors, str(single / "model.safetensors"))
+    (folder / "model.safetensors.index.json").unlink()
+    return tensors
+
+
+def test_single_file_checkpoint_equals_sharded(tiny_dir, tiny, tmp_path):
+    single = tmp_path / "single"
+    save_file(_unsharded_copy(tiny_dir, single), str(single / "model.safetensors"))
     model = CxrLlava.from_pretrained(single, device="cpu")
     images = _images(["CXR303_IM-1404-1001.png", "00000013_019.png"])
     a = model.generate_reports(images, max_new_tokens=20)
@@ -249,13 +254,7 @@ def test_single_file_checkpoint_equals_sharded(tiny_dir, tiny, tmp_path):
 
 def test_pytorch_bin_fallback_equals_safetensors(tiny_dir, tiny, tmp_path):
     folder = tmp_path / "bin"
-    shutil.copytree(tiny_dir, folder)
-    tensors = {}
-    for shard in folder.glob("model-*.safetensors"):
-        tensors.update(load_file(shard))
-        shard.unlink()
-    (folder / "model.safetensors.index.json").unlink()
-    torch.save(tensors, folder / "pytorch_model.bin")
+    torch.save(_unsharded_copy(tiny_dir, folder), folder / "pytorch_model.bin")
     model = CxrLlava.from_pretrained(folder, device="cpu")
     image = _images(["CXR1900_IM-0584-1001.png"])
     assert model.generate_reports(image, max_new_tokens=16)[0].token_ids == \

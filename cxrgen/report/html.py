@@ -45,12 +45,13 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
+from cxrgen.evaluation import is_empty_text as _is_empty
+from cxrgen.evaluation import text_or_empty as _text
 from cxrgen.imaging import ImageReadError, read_image
 from cxrgen.metrics import labeler
 from cxrgen.report import plots
 
 DEFAULT_PAGE_SIZE = 50
-EMPTY_STRINGS = {"", "nan", "none", "null"}
 
 # Per-sample columns shown and sortable, in this order, when present in a system's rows.
 SCORE_ORDER = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "meteor", "ce_agreement")
@@ -87,18 +88,6 @@ class _Study:
     reference: str
     image_path: str | None
     rows: list[dict | None]  # one per system
-
-
-def _is_empty(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return str(value).strip().lower() in EMPTY_STRINGS
-
-
-def _text(value) -> str:
-    return "" if _is_empty(value) else str(value)
 
 
 def attach_scores(rows: pd.DataFrame, per_sample: pd.DataFrame, id_col: str = "id") -> pd.DataFrame:
