@@ -67,7 +67,12 @@ def resolve(name_or_path: str, revision: str | None = None, allow_download: bool
                                             allow_patterns=NEEDED_FILES + BIN_FILES))
     except LocalEntryNotFoundError:
         from huggingface_hub.constants import HF_HUB_CACHE
-        why = "HF_HUB_OFFLINE is set" if offline else "downloads are off (model.allow_download: false)"
+        if offline:
+            why = "HF_HUB_OFFLINE is set"
+        elif not allow_download:
+            why = "downloads are off (model.allow_download: false)"
+        else:
+            why = "the Hugging Face Hub could not be reached"
         raise CheckpointError(
             f"{name_or_path}{'@' + revision if revision else ''}: not in the local Hugging Face cache "
             f"({HF_HUB_CACHE}) and {why}. Fetch it once on a machine with internet access: "
