@@ -305,3 +305,29 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
     resumed = reports(run_dir)
     assert resumed["id"].is_unique and len(resumed) == 16
     pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+
+
+def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_dir, uninterrupted):
+    """slurm/generate.sbatch: USR1 to the batch shell reaches the run, which saves its batch; the task is requeued."""
+    manifest, _ = uninterrupted
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (stub / "scontrol").chmod(0o755)
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "slurm", **SLOW)
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_JOB_ID": "42", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0",
+           "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_CPUS_PER_TASK": "1", "CXRGEN_VENV": sys.prefix}
+    proc = subprocess.Popen(["bash", str(ROOT / "slurm" / "generate.sbatch"), "--config", str(cfg_path), "--quiet",
+                             "--set", "loader.num_workers=0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "runs" / "slurm"
+    deadline = time.time() + 90
+    while _committed_rows(run_dir) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == runner.EXIT_INTERRUPTED, out
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "41_0"]
+    assert 2 <= _committed_rows(run_dir) < 16
