@@ -6,8 +6,8 @@
   python generate_cxr.py --merge runs/cxr-llava-v2_iu-xray_test  # merge finished shards
   python generate_cxr.py --download-model                      # once, on a machine with internet
 
-Exit codes: 0 all studies ok; 1 finished, some studies are error rows; 2 bad configuration or input;
-75 stopped by SIGTERM/SIGUSR1 after saving its work (run the same command to resume).
+Exit codes: 0 all studies ok; 3 finished, some studies are error rows; 2 bad configuration or input;
+75 stopped by SIGTERM/SIGUSR1 after saving its work (run the same command to resume); 1 a crash (traceback).
 """
 
 from __future__ import annotations

@@ -39,11 +39,11 @@ class DataConfig:
     """
 
     format: str = "iu_xray_kaggle"
-    root: str | None = None
+    root: str | None = "data/iu_xray"
     manifest: str | None = None
     split: str = "test"
     views: str = "frontal"
-    reference: str = "findings"
+    reference: str = "impression"
     id_column: str = "id"
     image_column: str = "image_path"
     reference_column: str = "reference"
@@ -112,7 +112,7 @@ class OutputConfig:
     """Results go to <dir>/<run_name>/ (reports.csv, metrics.json, run.json, report.html, parts/)."""
 
     dir: str = "runs"
-    run_name: str = "cxr-llava-v2"
+    run_name: str = "cxr-llava-v2_iu-xray_test"
     html: bool = True
 
 
@@ -186,15 +186,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **fla
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         key, value = item.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
-        _assign(raw, key.strip(), parsed, "--set")
+        _assign(raw, key.strip(), _parse_override(key.strip(), value), "--set")
     for key, value in flags.items():
         if value is not None:
             _assign(raw, key, value, "command line")
     return Config.from_dict(raw, source)
+
+
+def _parse_override(dotted: str, value: str) -> Any:
+    """A ``--set`` value: the text as it is for text settings (``null`` or nothing for none), else parsed as YAML."""
+    section, _, name = dotted.partition(".")
+    section_cls = typing.get_type_hints(Config).get(section)
+    if section_cls is None:
+        raise ConfigError(f"--set {dotted}: unknown section '{section}' (sections: {', '.join(_fields(Config))})")
+    hint = typing.get_type_hints(section_cls).get(name)
+    if hint is None:
+        raise ConfigError(f"--set {dotted}: unknown key '{dotted}' (allowed in {section}: "
+                          f"{', '.join(_fields(section_cls))})")
+    if hint is not None and str in (typing.get_args(hint) or (hint,)):
+        return None if value.strip() in ("", "null", "~") else value.replace("\\n", "\n")
+    try:
+        return yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {dotted}={value!r}: not a valid value ({str(e).splitlines()[0]})") from None
 
 
 def _assign(raw: dict, dotted: str, value: Any, where: str) -> None:

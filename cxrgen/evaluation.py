@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrgen import parts
 from cxrgen.metrics import bootstrap, clinical, meteor, model_based
 from cxrgen.metrics.signature import make_signature
 from cxrgen.metrics.suite import Scores, score_texts
@@ -63,14 +64,14 @@ class EvaluationInputError(ValueError):
 
 
 def committed_length(path: Path) -> int | None:
-    """The committed byte length of a runner shard part (``<part>.committed`` beside it), or None."""
-    marker = path.with_suffix(".committed")
-    if not (_SHARD.fullmatch(path.stem) and marker.exists()):
+    """The committed byte length of a runner shard part (see :mod:`cxrgen.parts`), or None."""
+    if not _SHARD.fullmatch(path.stem):
         return None
     try:
-        return int(marker.read_text().strip() or 0)
-    except ValueError:
-        raise EvaluationInputError(f"{marker}: not a byte count") from None
+        marker = parts.read_marker(path)
+    except ValueError as exc:
+        raise EvaluationInputError(str(exc)) from None
+    return None if marker is None else marker[1]
 
 
 def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:

@@ -3,9 +3,10 @@
 A run writes into ``<output.dir>/<output.run_name>/``::
 
     parts/shard-<i>-of-<n>.csv        rows of shard i, appended after every batch
-    parts/shard-<i>-of-<n>.committed  byte length of the part that is complete (written after each fsync)
-    parts/shard-<i>-of-<n>.json       what shard i ran on (device, versions, times, counts)
-    parts/run-config.json             the settings that decide the reports; a resume must match them
+    parts/shard-<i>-of-<n>.committed  run id and byte length of the part that is complete (see cxrgen.parts)
+    parts/shard-<i>-of-<n>.json       what shard i ran on (device, versions, times, counts, run id)
+    parts/run-config.json             the settings that decide the reports and the run id derived from them
+    parts/selection.json              the selected study ids in dataset order (what the merge checks against)
     reports.csv                       all rows in dataset order, written atomically once every shard is done
     metrics.json, run.json, report.html
 
@@ -14,14 +15,19 @@ advanced (write to a temporary file, fsync, rename). A process killed at any mom
 committed prefix holds whole rows only; on resume the part is cut back to that length, the ids in it are skipped
 and the rest is generated again. At most the batch in flight is lost and no row is ever duplicated or torn.
 
+The run id is a digest of the settings that decide the reports, the number of shards and the selected ids. Parts
+and shard records of another run id (an earlier run in the same folder, e.g. before ``--no-resume``) are never
+resumed from nor merged.
+
 SIGTERM and SIGUSR1 (what Slurm sends before preemption or the time limit) finish the batch in flight, commit it and
-exit with EXIT_INTERRUPTED, so that a requeued job resumes where it stopped.
+exit with EXIT_INTERRUPTED, so that a requeued job resumes where it stopped. Image-decoding workers ignore them,
+so a signal to the whole process group does not break the batch in flight.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -41,11 +47,12 @@ import pandas as pd
 from . import __version__
 from .config import Config
 from .datasets import Selection, Study, load_studies
+from .parts import atomic_write, read_marker, write_marker
 
 log = logging.getLogger("cxrgen")
 
 EXIT_OK = 0
-EXIT_ROW_ERRORS = 1  # the run finished but some studies have status=error
+EXIT_ROW_ERRORS = 3  # the run finished but some studies have status=error (1 is Python's own crash code)
 EXIT_USAGE = 2  # bad configuration or input: nothing was generated
 EXIT_INTERRUPTED = 75  # stopped by SIGTERM/SIGUSR1 after committing its work; run again to resume
 
@@ -55,7 +62,7 @@ COLUMNS = ["id", "image_path", "reference", "generated_report", "status", "error
 #: Settings that change the reports: a resumed or merged run must have the same values.
 RUN_DEFINING = ["model.name_or_path", "model.revision", "model.dtype", "prompt.system", "prompt.user",
                 "generation.max_new_tokens", "generation.temperature", "generation.top_p", "generation.seed",
-                "data"]
+                "data", "loader.max_pixels", "loader.percentile_window"]
 
 
 class RunError(RuntimeError):
@@ -99,30 +106,6 @@ def part_name(shard: tuple[int, int]) -> str:
 
 # -- the crash-safe part file ------------------------------------------------------------------------------------
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def rows_to_csv(rows: list[dict], header: bool) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
@@ -133,22 +116,28 @@ def rows_to_csv(rows: list[dict], header: bool) -> bytes:
 
 
 class PartFile:
-    """An append-only CSV of finished rows and the committed length that makes it crash-safe."""
+    """An append-only CSV of finished rows, crash-safe through its commit marker (see cxrgen.parts)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, run_id: str | None = None):
         self.path = path
-        self.committed_path = path.with_suffix(".committed")
+        self.run_id = run_id
 
     def committed_length(self) -> int:
+        """Committed bytes of this run; 0 when the part is absent or was written by another run."""
         try:
-            return int(self.committed_path.read_text().strip() or 0)
-        except FileNotFoundError:
+            marker = read_marker(self.path)
+        except ValueError as e:
+            raise RunError(f"{e}; delete the run's parts/ to start over") from None
+        if marker is None:
             return 0
-        except ValueError:
-            raise RunError(f"{self.committed_path}: not a byte count; delete the run's parts/ to start over") from None
+        run_id, length = marker
+        if self.run_id is not None and run_id != self.run_id:
+            return 0
+        return length
 
     def recover(self) -> None:
-        """Cut anything beyond the committed length (a batch that was being written when the process died)."""
+        """Cut anything beyond the committed length: a batch being written when the process died, or the rows of
+        an earlier run with other settings."""
         length = self.committed_length()
         size = self.path.stat().st_size if self.path.exists() else 0
         if size < length:
@@ -158,13 +147,16 @@ class PartFile:
                 f.truncate(length)
                 f.flush()
                 os.fsync(f.fileno())
-            log.warning("%s: dropped %d bytes of an uncommitted batch", self.path.name, size - length)
+            log.warning("%s: dropped %d bytes not committed by this run", self.path.name, size - length)
+        if self.run_id is not None:
+            write_marker(self.path, self.run_id, length)
 
     def read(self) -> pd.DataFrame:
-        if self.committed_length() == 0:
+        length = self.committed_length()
+        if length == 0:
             return pd.DataFrame(columns=COLUMNS)
         with open(self.path, "rb") as f:
-            data = f.read(self.committed_length())
+            data = f.read(length)
         return read_reports_csv(io.BytesIO(data), str(self.path))
 
     def append(self, rows: list[dict]) -> None:
@@ -174,11 +166,7 @@ class PartFile:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        atomic_write(self.committed_path, str(length + len(data)).encode())
-
-    def reset(self) -> None:
-        for p in (self.path, self.committed_path):
-            p.unlink(missing_ok=True)
+        write_marker(self.path, self.run_id or "", length + len(data))
 
 
 def read_reports_csv(source, name: str) -> pd.DataFrame:
@@ -239,6 +227,12 @@ class Batch:
         return self
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which finishes its batch and stops them."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _collate(items) -> Batch:
     import torch
 
@@ -255,7 +249,7 @@ def iterate_batches(studies: list[Study], prepare: _Prepare, batch_size: int, nu
     loader = DataLoader(_StudyDataset(studies, prepare), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
                         prefetch_factor=prefetch if num_workers > 0 else None,
-                        persistent_workers=False)
+                        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None, persistent_workers=False)
     yield from loader
 
 
@@ -296,25 +290,41 @@ def _defining(cfg: Config) -> dict:
     return out
 
 
-def _check_run_config(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool, limit: int | None) -> None:
-    """Save the run's settings on first start; refuse to resume or add shards under different ones."""
+def run_id_of(cfg: Config, shards: int, limit: int | None, ids: list[str]) -> str:
+    """A digest of what decides the reports: settings, number of shards, --limit and the selected ids."""
+    digest = hashlib.sha256(json.dumps({"settings": _defining(cfg), "shards": shards, "limit": limit},
+                                       sort_keys=True, default=str).encode())
+    for study_id in ids:
+        digest.update(study_id.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool, limit: int | None,
+               selection: Selection) -> str:
+    """Record the run's settings and selection on first start; refuse to resume under different ones."""
+    ids = [s.id for s in selection.studies]
+    run_id = run_id_of(cfg, shard[1], limit, ids)
     path = run_dir / "parts" / "run-config.json"
-    current = {"config": cfg.to_dict(), "limit": limit, "shards": shard[1]}
     if path.exists() and resume:
         saved = json.loads(path.read_text())
-        saved_cfg = Config.from_dict(saved["config"])
-        diff = [k for k, v in _defining(cfg).items() if _defining(saved_cfg).get(k) != v]
-        if saved.get("shards") != shard[1]:
-            diff.append(f"number of shards ({saved.get('shards')} before)")
-        if saved.get("limit") != limit:
-            diff.append(f"--limit ({saved.get('limit')} before)")
-        if diff:
+        if saved.get("run_id") != run_id:
+            saved_cfg = Config.from_dict(saved["config"])
+            diff = [k for k, v in _defining(cfg).items() if _defining(saved_cfg).get(k) != v]
+            if saved.get("shards") != shard[1]:
+                diff.append(f"number of shards ({saved.get('shards')} before)")
+            if saved.get("limit") != limit:
+                diff.append(f"--limit ({saved.get('limit')} before)")
+            if not diff:
+                diff.append("the selected studies")
             raise RunError(
                 f"{run_dir}: started with other settings ({', '.join(diff)}); resuming would mix reports. "
                 "Use another output.run_name, or --no-resume to start this run over"
             )
-        return
-    atomic_write(path, json.dumps(current, indent=2).encode())
+        return run_id
+    atomic_write(run_dir / "parts" / "selection.json", json.dumps(ids).encode())
+    atomic_write(path, json.dumps({"run_id": run_id, "config": cfg.to_dict(), "limit": limit, "shards": shard[1],
+                                   "dataset_counts": selection.counts}, indent=2).encode())
+    return run_id
 
 
 def select_studies(cfg: Config, limit: int | None = None) -> Selection:
@@ -333,39 +343,54 @@ def versions() -> dict[str, str]:
 
 
 def load_model(cfg: Config):
-    from .models.cxr_llava import CxrLlava
+    from .models.cxr_llava import CheckpointError, CxrLlava
     from .models.cxr_llava.tiny import ensure_tiny_checkpoint
 
     if cfg.model.build_tiny_if_missing and not Path(cfg.model.name_or_path).exists():
         log.info("building a tiny random checkpoint at %s (reports will be noise)", cfg.model.name_or_path)
         ensure_tiny_checkpoint(cfg.model.name_or_path)
-    return CxrLlava.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision, device=cfg.model.device,
-                                    dtype=cfg.model.dtype, allow_download=cfg.model.allow_download)
+    try:
+        return CxrLlava.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision,
+                                        device=cfg.model.device, dtype=cfg.model.dtype,
+                                        allow_download=cfg.model.allow_download)
+    except CheckpointError:
+        raise
+    except ValueError as e:  # e.g. model.device: cuda on a machine without CUDA
+        raise RunError(f"model {cfg.model.name_or_path} on device {cfg.model.device}: {e}") from None
+
+
+def _shard_record(run_dir: Path, shard: tuple[int, int]) -> dict | None:
+    path = run_dir / "parts" / f"{part_name(shard)}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = True, limit: int | None = None,
              model=None, progress: bool = True, on_batch: Callable[[int], None] | None = None) -> int:
     """Run (or resume) shard ``shard`` of the configured run; merge when every shard is done. Returns an exit code."""
-    import torch
+    with _StopFlag() as stop:  # from the start: a signal during a long model load must not kill the process
+        return _generate(cfg, shard, resume, limit, model, progress, on_batch, stop)
 
+
+def _generate(cfg, shard, resume, limit, model, progress, on_batch, stop: "_StopFlag") -> int:
     started = datetime.now(timezone.utc)
     run_dir = cfg.run_dir
     selection = select_studies(cfg, limit)
     studies = shard_studies(selection.studies, shard)
     (run_dir / "parts").mkdir(parents=True, exist_ok=True)
-    _check_run_config(run_dir, cfg, shard, resume, limit)
-    part = PartFile(run_dir / "parts" / f"{part_name(shard)}.csv")
+    run_id = _start_run(run_dir, cfg, shard, resume, limit, selection)
+    part = PartFile(run_dir / "parts" / f"{part_name(shard)}.csv", run_id)
     if not resume:
-        part.reset()
+        part.path.unlink(missing_ok=True)
+        (run_dir / "parts" / f"{part_name(shard)}.json").unlink(missing_ok=True)
         for name in ("reports.csv", "metrics.json", "run.json", "report.html"):
             (run_dir / name).unlink(missing_ok=True)
     part.recover()
     done = part.read()
     done_ids = set(done["id"])
     todo = [s for s in studies if s.id not in done_ids]
-    log.info("run %s, shard %d/%d: %d studies selected (%s); %d in this shard, %d already done, %d to go",
-             run_dir, shard[0], shard[1], len(selection.studies), _counts_text(selection.counts), len(studies),
-             len(studies) - len(todo), len(todo))
+    log.info("run %s (id %s), shard %d/%d: %d studies selected (%s); %d in this shard, %d already done, %d to go",
+             run_dir, run_id, shard[0], shard[1], len(selection.studies), _counts_text(selection.counts),
+             len(studies), len(studies) - len(todo), len(todo))
 
     interrupted = False
     device_info: dict[str, Any] = {}
@@ -380,46 +405,47 @@ def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = Tru
         mcfg = model.config
         prepare = _Prepare(mcfg.vision.image_size, mcfg.image_mean, mcfg.image_std, cfg.loader.max_pixels,
                            tuple(cfg.loader.percentile_window) if cfg.loader.percentile_window else None)
-        batches = iterate_batches(todo, prepare, cfg.generation.batch_size, cfg.loader.num_workers,
-                                  cfg.loader.prefetch_batches, model.device.type == "cuda")
         bar = _progress(len(todo), progress)
-        with _StopFlag() as stop:
-            for index, batch in enumerate(batches):
-                t0 = time.perf_counter()
-                good = [s for s, err in zip(batch.studies, batch.errors) if not err]
-                reports = []
-                if good:
-                    reports = model.generate_reports(
-                        batch.pixels.to(model.device, non_blocking=True), prompt=prompt,
-                        max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
-                        top_p=cfg.generation.top_p, seed=cfg.generation.seed + _batch_seed(good[0].id))
-                seconds = (time.perf_counter() - t0) / max(len(good), 1)
-                generated = {s.id: r for s, r in zip(good, reports)}
-                rows = []
-                for study, error in zip(batch.studies, batch.errors):
-                    report = generated.get(study.id)
-                    rows.append({
-                        "id": study.id, "image_path": study.image_paths[0], "reference": study.reference,
-                        "generated_report": report.text if report else "",
-                        "status": "ok" if report else "error", "error": error,
-                        "n_new_tokens": report.n_new_tokens if report else 0,
-                        "stopped_at_eos": report.stopped_at_eos if report else False,
-                        "seconds": round(seconds, 4) if report else 0.0,
-                    })
-                    if error:
-                        log.warning("error row %s: %s", study.id, error)
-                part.append(rows)
-                bar.update(len(rows))
-                if on_batch is not None:
-                    on_batch(index)
-                if stop.signal is not None:
-                    interrupted = True
-                    break
+        interrupted = stop.signal is not None
+        batches = [] if interrupted else iterate_batches(
+            todo, prepare, cfg.generation.batch_size, cfg.loader.num_workers, cfg.loader.prefetch_batches,
+            model.device.type == "cuda")
+        for index, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            good = [s for s, err in zip(batch.studies, batch.errors) if not err]
+            reports = []
+            if good:
+                reports = model.generate_reports(
+                    batch.pixels.to(model.device, non_blocking=True), prompt=prompt,
+                    max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
+                    top_p=cfg.generation.top_p, seed=[study_seed(cfg.generation.seed, s.id) for s in good])
+            seconds = (time.perf_counter() - t0) / max(len(good), 1)
+            generated = {s.id: r for s, r in zip(good, reports)}
+            rows = []
+            for study, error in zip(batch.studies, batch.errors):
+                report = generated.get(study.id)
+                rows.append({
+                    "id": study.id, "image_path": study.image_paths[0], "reference": study.reference,
+                    "generated_report": report.text if report else "",
+                    "status": "ok" if report else "error", "error": error,
+                    "n_new_tokens": report.n_new_tokens if report else 0,
+                    "stopped_at_eos": report.stopped_at_eos if report else False,
+                    "seconds": round(seconds, 4) if report else 0.0,
+                })
+                if error:
+                    log.warning("error row %s: %s", study.id, error)
+            part.append(rows)
+            bar.update(len(rows))
+            if on_batch is not None:
+                on_batch(index)
+            if stop.signal is not None:
+                interrupted = True
+                break
         bar.close()
 
     done = part.read()
     counts = {"ok": int((done["status"] == "ok").sum()), "error": int((done["status"] == "error").sum())}
-    shard_info = {"shard": f"{shard[0]}/{shard[1]}", "started": started.isoformat(),
+    shard_info = {"run_id": run_id, "shard": f"{shard[0]}/{shard[1]}", "started": started.isoformat(),
                   "finished": datetime.now(timezone.utc).isoformat(), "studies": len(studies),
                   "complete": len(done) == len(studies) and not interrupted, **counts, **device_info}
     atomic_write(run_dir / "parts" / f"{part_name(shard)}.json", json.dumps(shard_info, indent=2).encode())
@@ -428,16 +454,18 @@ def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = Tru
                     len(done), len(studies))
         return EXIT_INTERRUPTED
     log.info("shard %d/%d done: %d ok, %d error", shard[0], shard[1], counts["ok"], counts["error"])
-    if all((run_dir / "parts" / f"{part_name((i, shard[1]))}.json").exists() and
-           json.loads((run_dir / "parts" / f"{part_name((i, shard[1]))}.json").read_text()).get("complete")
-           for i in range(shard[1])):
-        return merge(run_dir, cfg=cfg, selection=selection)
+    records = [_shard_record(run_dir, (i, shard[1])) for i in range(shard[1])]
+    if all(r and r.get("run_id") == run_id and r.get("complete") for r in records):
+        return merge(run_dir)
     log.info("waiting for the other shards; the last one to finish merges (or: generate_cxr.py --merge %s)", run_dir)
     return EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
 
 
-def merge(run_dir: Path, *, cfg: Config | None = None, selection: Selection | None = None) -> int:
-    """Check that every selected study is present exactly once across the parts; write reports.csv and metrics."""
+def merge(run_dir: Path) -> int:
+    """Check that every selected study is present exactly once across the parts; write reports.csv and metrics.
+
+    Works from the run directory alone (parts/run-config.json and parts/selection.json), from any folder.
+    """
     from .evaluation import evaluate_frame, write_metrics_json
 
     run_dir = Path(run_dir)
@@ -445,27 +473,27 @@ def merge(run_dir: Path, *, cfg: Config | None = None, selection: Selection | No
     if not config_path.exists():
         raise RunError(f"{run_dir}: not a run directory (no parts/run-config.json)")
     saved = json.loads(config_path.read_text())
-    n = saved["shards"]
-    if cfg is None:
-        cfg = _config_from_run(run_dir)
-    if selection is None:
-        selection = select_studies(cfg, _saved_limit(run_dir))
-    frames = []
+    cfg = Config.from_dict(saved["config"])
+    run_id, n = saved["run_id"], saved["shards"]
+    expected = json.loads((run_dir / "parts" / "selection.json").read_text())
+    frames, shards = [], []
     for i in range(n):
-        part = PartFile(run_dir / "parts" / f"{part_name((i, n))}.csv")
-        if not part.path.exists():
-            raise RunError(f"{part.path}: missing; shard {i}/{n} has not run")
+        part = PartFile(run_dir / "parts" / f"{part_name((i, n))}.csv", run_id)
+        record = _shard_record(run_dir, (i, n))
+        if not part.path.exists() or record is None or record.get("run_id") != run_id:
+            raise RunError(f"{part.path}: missing or from an earlier run; shard {i}/{n} has not run")
         frames.append(part.read())
+        shards.append(record)
     rows = pd.concat(frames, ignore_index=True)
     duplicated = sorted(set(rows["id"][rows["id"].duplicated()]))
     if duplicated:
         raise RunError(f"{run_dir}: ids present more than once across the parts: {', '.join(duplicated[:10])}")
-    expected = [s.id for s in selection.studies]
-    missing = [i for i in expected if i not in set(rows["id"])]
+    present = set(rows["id"])
+    missing = [i for i in expected if i not in present]
     if missing:
         raise RunError(f"{run_dir}: {len(missing)} studies have no row yet (e.g. {', '.join(missing[:5])}); "
                        "run the unfinished shards first")
-    extra = sorted(set(rows["id"]) - set(expected))
+    extra = sorted(present - set(expected))
     if extra:
         raise RunError(f"{run_dir}: rows for ids that are not in the selection: {', '.join(extra[:10])}")
     order = {sid: k for k, sid in enumerate(expected)}
@@ -479,10 +507,10 @@ def merge(run_dir: Path, *, cfg: Config | None = None, selection: Selection | No
     atomic_write(run_dir / "reports.csv", report.to_csv(index=False, lineterminator="\n").encode("utf-8"))
     write_metrics_json(evaluation, run_dir / "metrics.json")
 
-    shards = [json.loads((run_dir / "parts" / f"{part_name((i, n))}.json").read_text()) for i in range(n)]
     n_error = int((rows["status"] == "error").sum())
     run_info = {
         "run_dir": str(run_dir),
+        "run_id": run_id,
         "config": cfg.to_dict(),
         "limit": saved.get("limit"),
         "model": {"source": next((s["model_source"] for s in shards if s.get("model_source")), None),
@@ -492,25 +520,19 @@ def merge(run_dir: Path, *, cfg: Config | None = None, selection: Selection | No
         "started": min(s["started"] for s in shards),
         "finished": datetime.now(timezone.utc).isoformat(),
         "counts": {"selected": len(expected), "ok": len(rows) - n_error, "error": n_error,
-                   **{f"dataset_{k}": v for k, v in selection.counts.items()}},
+                   **{f"dataset_{k}": v for k, v in saved.get("dataset_counts", {}).items()}},
     }
     atomic_write(run_dir / "run.json", json.dumps(run_info, indent=2, default=str).encode())
     if cfg.output.html:
-        _write_html(run_dir, cfg, report, evaluation)
+        from .report import write_results_page
+
+        summary = {"signature": evaluation.signature, "systems": {cfg.output.run_name: evaluation.summary},
+                   "comparisons": []}
+        write_results_page(run_dir / "report.html", {cfg.output.run_name: report}, summary)
     log.info("merged %d studies into %s (%d ok, %d error); metrics in %s", len(rows), run_dir / "reports.csv",
              len(rows) - n_error, n_error, run_dir / "metrics.json")
     log.info("%s", _headline(evaluation.summary))
     return EXIT_ROW_ERRORS if n_error else EXIT_OK
-
-
-def _write_html(run_dir: Path, cfg: Config, report: pd.DataFrame, evaluation) -> None:
-    try:
-        from .report import write_results_page
-    except ImportError:
-        return
-    summary = {"signature": evaluation.signature, "systems": {cfg.output.run_name: evaluation.summary},
-               "comparisons": []}
-    write_results_page(run_dir / "report.html", {cfg.output.run_name: report}, summary)
 
 
 def _headline(summary: dict) -> str:
@@ -530,10 +552,11 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in counts.items() if v)
 
 
-def _batch_seed(study_id: str) -> int:
+def study_seed(seed: int, study_id: str) -> int:
+    """The sampling seed of one study: the configured seed plus a hash of its id (independent of batching)."""
     import zlib
 
-    return zlib.crc32(study_id.encode("utf-8")) % (2 ** 31)
+    return (seed + zlib.crc32(study_id.encode("utf-8"))) % (2 ** 63)
 
 
 def _progress(total: int, enabled: bool):
@@ -551,11 +574,3 @@ def _device_info(model) -> dict[str, Any]:
     if model.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(model.device)
     return info
-
-
-def _config_from_run(run_dir: Path) -> Config:
-    return Config.from_dict(json.loads((run_dir / "parts" / "run-config.json").read_text())["config"])
-
-
-def _saved_limit(run_dir: Path) -> int | None:
-    return json.loads((run_dir / "parts" / "run-config.json").read_text()).get("limit")

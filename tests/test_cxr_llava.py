@@ -184,14 +184,23 @@ def test_unk_tokens_are_generated_but_not_confused_with_padding(reference):
     assert 0 in report.token_ids and report.n_new_tokens == len(row["generated_ids"]) - row["stopped_at_eos"]
 
 
-def test_sampling_is_seeded(tiny):
-    image = _images(["CXR7_IM-2263-1001.png"])
-    a = tiny.generate_reports(image, max_new_tokens=30, temperature=1.0, top_p=0.9, seed=1)[0]
-    b = tiny.generate_reports(image, max_new_tokens=30, temperature=1.0, top_p=0.9, seed=1)[0]
-    c = tiny.generate_reports(image, max_new_tokens=30, temperature=1.0, top_p=0.9, seed=2)[0]
-    greedy = tiny.generate_reports(image, max_new_tokens=30)[0]
-    assert a.token_ids == b.token_ids
-    assert a.token_ids != c.token_ids or a.token_ids != greedy.token_ids
+def test_sampling_is_seeded_per_image_and_independent_of_the_batch(tiny):
+    images = _images(["CXR7_IM-2263-1001.png", "CXR3_IM-1384-1001.png", "00000001_000.png"])
+    kwargs = dict(max_new_tokens=30, temperature=1.0, top_p=0.9)
+    batch = tiny.generate_reports(images, seed=[11, 12, 13], **kwargs)
+    alone = [tiny.generate_reports([im], seed=[s], **kwargs)[0] for im, s in zip(images, (11, 12, 13))]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    again = tiny.generate_reports(images[:1], seed=11, **kwargs)[0]
+    other = tiny.generate_reports(images[:1], seed=99, **kwargs)[0]
+    greedy = tiny.generate_reports(images[:1], max_new_tokens=30)[0]
+    assert again.token_ids == alone[0].token_ids
+    assert other.token_ids != again.token_ids and greedy.token_ids != again.token_ids
+    tiny.eos_check_every = 8
+    try:
+        late = tiny.generate_reports(images, seed=[11, 12, 13], **kwargs)
+    finally:
+        tiny.eos_check_every = None
+    assert [r.token_ids for r in late] == [r.token_ids for r in batch]
 
 
 def test_lean_decoder_matches_transformers_llama_generate(tiny):

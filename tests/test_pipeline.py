@@ -91,7 +91,7 @@ def test_default_config_is_the_published_benchmark_setup():
     ("generation.batch_size=two", "generation.batch_size must be an integer, got 'two'"),
     ("model.dtype=fp8", "model.dtype must be one of auto, bfloat16, float16, float32; got 'fp8'"),
     ("model.device=gpu", "model.device must be auto, cpu, cuda or cuda:N"),
-    ("modell.device=cpu", "unknown key 'modell'"),
+    ("modell.device=cpu", "unknown section 'modell'"),
     ("generation.top_p=1.5", "generation.top_p must be in (0, 1]"),
 ])
 def test_bad_configuration_is_one_line_naming_the_key(override, message):
@@ -100,11 +100,20 @@ def test_bad_configuration_is_one_line_naming_the_key(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_set_keeps_text_settings_as_typed():
+    cfg = load_config(ROOT / "config.yaml", ["prompt.user=#1 finding: effusion?", "output.run_name=0755",
+                                             "model.revision=0123456", "prompt.system=yes", "data.manifest=null",
+                                             "generation.batch_size=8", "loader.percentile_window=[1, 99]"])
+    assert (cfg.prompt.user, cfg.output.run_name, cfg.model.revision, cfg.prompt.system) == \
+        ("#1 finding: effusion?", "0755", "0123456", "yes")
+    assert cfg.data.manifest is None and cfg.generation.batch_size == 8 and cfg.loader.percentile_window == [1, 99]
+
+
 def test_cli_bad_key_exits_2_with_one_line():
     result = run_cli("--config", "configs/demo.yaml", "--set", "generation.batchsize=3")
     assert result.returncode == runner.EXIT_USAGE
     assert result.stderr.strip().splitlines() == [
-        "error: configs/demo.yaml: unknown key 'generation.batchsize' (allowed in generation: batch_size, "
+        "error: --set generation.batchsize: unknown key 'generation.batchsize' (allowed in generation: batch_size, "
         "max_new_tokens, temperature, top_p, seed)"]
 
 
@@ -263,9 +272,43 @@ def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
     assert (reports(tmp_path / "runs" / "r")["n_new_tokens"] <= 10).all()
 
 
+def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 6)
+    first = load_config(make_config(tmp_path, tiny_dir, manifest, "redo", generation__max_new_tokens=12))
+    for i in (0, 1):
+        runner.generate(first, shard=(i, 2), model=model, progress=False)
+    second = load_config(make_config(tmp_path, tiny_dir, manifest, "redo", generation__max_new_tokens=6))
+    assert runner.generate(second, shard=(0, 2), resume=False, model=model, progress=False) == 0
+    run_dir = tmp_path / "runs" / "redo"
+    assert not (run_dir / "reports.csv").exists()  # shard 1 still holds the first run's rows: no merge
+    with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing or from an earlier run"):
+        runner.merge(run_dir)
+    assert runner.generate(second, shard=(1, 2), model=model, progress=False) == 0  # redoes shard 1, then merges
+    fresh = load_config(make_config(tmp_path, tiny_dir, manifest, "fresh", generation__max_new_tokens=6))
+    assert runner.generate(fresh, model=model, progress=False) == 0
+    a, b = reports(run_dir), reports(tmp_path / "runs" / "fresh")
+    assert (a["n_new_tokens"] <= 6).all()
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch):
+    manifest = write_manifest(tmp_path, 4)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "m"))
+    runner.generate(cfg, model=model, progress=False)
+    run_dir = tmp_path / "runs" / "m"
+    before = reports(run_dir)
+    manifest.unlink()  # the merge needs only the run directory
+    (run_dir / "reports.csv").unlink()
+    monkeypatch.chdir(tmp_path / "runs")
+    assert runner.merge(Path("m")) == 0
+    pd.testing.assert_frame_equal(before, reports(run_dir))
+
+
 def _committed_rows(run_dir: Path) -> int:
-    part = runner.PartFile(run_dir / "parts" / "shard-0-of-1.csv")
-    return len(part.read()) if part.committed_path.exists() else 0
+    try:
+        return len(runner.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read())
+    except (FileNotFoundError, runner.RunError):  # not started yet, or a marker being replaced
+        return 0
 
 
 SLOW = dict(generation__batch_size=2, generation__max_new_tokens=160)
@@ -281,20 +324,29 @@ def uninterrupted(tmp_path_factory, tiny_dir, model):
     return manifest, reports(tmp / "runs" / "reference")
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+@pytest.mark.parametrize("how", ["sigkill", "sigterm", "sigterm-to-group-with-workers"])
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, uninterrupted, how):
+    """SIGKILL at any moment, SIGTERM to the process, or SIGTERM to the whole process group (as Slurm does, image
+    workers included): the resumed run ends with exactly the uninterrupted run's rows."""
     manifest, expected = uninterrupted
-    cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", **SLOW)
+    workers = 2 if how.endswith("workers") else 0
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", loader__num_workers=workers, **SLOW)
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 90
     while _committed_rows(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    if how == "sigkill":
+        proc.send_signal(signal.SIGKILL)
+    elif how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    if how == "sigterm":
+    if how != "sigkill":
         assert proc.returncode == runner.EXIT_INTERRUPTED, err
         assert "resume" in err
     done_before = _committed_rows(run_dir)

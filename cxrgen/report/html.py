@@ -256,14 +256,18 @@ def _thumbnails(paths: list[str | None], size: int, image_root: Path | None) -> 
 # Page data
 
 
+def _given_labels(text: str, where: str) -> str:
+    return _parse_labels(text, where) if text.strip() else "." * len(labeler.COLUMNS)
+
+
 def _labels_for(
     studies: list[_Study],
     order: list[str],
     label_reports: Callable[[list[str]], list[dict]],
 ) -> tuple[list[str], list[list[str | None]]]:
     """Reference label codes per study and generated-report label codes per study and system:
-    taken from the rows' ``ref_labels``/``hyp_labels`` columns when they hold a value, labelled
-    with ``label_reports`` otherwise."""
+    taken from the rows' ``ref_labels``/``hyp_labels`` columns when they hold text (an empty string:
+    labelled, nothing mentioned), labelled with ``label_reports`` when the cell is missing or NaN."""
     ref_codes: list[str | None] = [None] * len(studies)
     hyp_codes: list[list[str | None]] = [[None] * len(order) for _ in studies]
     todo_texts: list[str] = []
@@ -273,14 +277,14 @@ def _labels_for(
             if rec is None:
                 continue
             where = f"system {order[j]!r}, study {st.id!r}"
-            if ref_codes[i] is None and isinstance(rec.get("ref_labels"), str) and rec["ref_labels"].strip():
-                ref_codes[i] = _parse_labels(rec["ref_labels"], f"{where}, column 'ref_labels'")
+            if ref_codes[i] is None and isinstance(rec.get("ref_labels"), str):
+                ref_codes[i] = _given_labels(rec["ref_labels"], f"{where}, column 'ref_labels'")
             if rec["_status"] == "error":
                 continue
             if rec["_status"] == "empty":
                 hyp_codes[i][j] = "." * len(labeler.COLUMNS)
-            elif isinstance(rec.get("hyp_labels"), str) and rec["hyp_labels"].strip():
-                hyp_codes[i][j] = _parse_labels(rec["hyp_labels"], f"{where}, column 'hyp_labels'")
+            elif isinstance(rec.get("hyp_labels"), str):
+                hyp_codes[i][j] = _given_labels(rec["hyp_labels"], f"{where}, column 'hyp_labels'")
             else:
                 todo_texts.append(_text(rec.get("_hyp")))
                 todo_slots.append((i, j))

@@ -55,7 +55,7 @@ def resolve(name_or_path: str, revision: str | None = None, allow_download: bool
         raise CheckpointError(f"{name_or_path}: no such checkpoint folder (and not a Hub id of the form owner/name)")
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     local_only = offline or not allow_download
@@ -78,6 +78,9 @@ def resolve(name_or_path: str, revision: str | None = None, allow_download: bool
             f"({HF_HUB_CACHE}) and {why}. Fetch it once on a machine with internet access: "
             f"python generate_cxr.py --download-model --set model.name_or_path={name_or_path}"
         ) from None
+    except HfHubHTTPError as e:  # unknown or gated repository, unknown revision, server errors
+        raise CheckpointError(f"{name_or_path}{'@' + revision if revision else ''}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}") from None
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
     return folder, commit
 

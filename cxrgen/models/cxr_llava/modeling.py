@@ -142,14 +142,15 @@ class CxrLlava(nn.Module):
     @torch.no_grad()
     def generate_reports(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *,
                          prompt: PromptIds | Sequence[PromptIds] | None = None, max_new_tokens: int = 512,
-                         temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                         temperature: float = 0.0, top_p: float = 1.0, seed: int | Sequence[int] | None = None,
                          ) -> list[GeneratedReport]:
         """Write one report per image, all images in one batch.
 
         ``images``: PIL images, or already preprocessed pixels [B,1,S,S]. ``prompt``: token ids from
         :meth:`prompt_ids` (default: the published report prompt), one for all images or one per image.
-        ``temperature`` 0 is greedy decoding; otherwise sampling with ``top_p`` from a generator seeded by ``seed``.
-        Decoding stops at ``</s>`` or after ``max_new_tokens`` tokens.
+        ``temperature`` 0 is greedy decoding; otherwise sampling with ``top_p``, each image from its own random
+        generator seeded by ``seed`` (one seed for all images, or one per image), so that a sampled report does not
+        depend on the other images in the batch. Decoding stops at ``</s>`` or after ``max_new_tokens`` tokens.
         """
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
             pixels = torch.from_numpy(np.stack([self.preprocess(im) for im in images]))
@@ -168,11 +169,13 @@ class CxrLlava(nn.Module):
         embeds, valid = self._prompt_embeddings(self.encode_images(pixels), prompts)
         room = self.config.max_position_embeddings - int(valid.sum(1).max())
         max_new_tokens = max(0, min(max_new_tokens, room))
-        generator = None
+        generators = None
         if temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else int(seed))
-        tokens, lengths, eos = self._decode(embeds, valid, max_new_tokens, temperature, top_p, generator)
+            seeds = [0 if seed is None else int(seed)] * batch if seed is None or isinstance(seed, int) else list(seed)
+            if len(seeds) != batch:
+                raise ValueError(f"{len(seeds)} seeds for {batch} images")
+            generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        tokens, lengths, eos = self._decode(embeds, valid, max_new_tokens, temperature, top_p, generators)
         reports = []
         for row in range(batch):
             ids = tokens[row, : lengths[row]].tolist()
@@ -211,7 +214,7 @@ class CxrLlava(nn.Module):
             self._rope = (cos[0], sin[0])
         return self._rope
 
-    def _decode(self, embeds, valid, max_new_tokens, temperature, top_p, generator):
+    def _decode(self, embeds, valid, max_new_tokens, temperature, top_p, generators):
         lm = self.language_model
         cfg = lm.config
         layers = lm.model.layers
@@ -256,7 +259,7 @@ class CxrLlava(nn.Module):
                 x = x + layer.mlp(layer.post_attention_layernorm(x))
             return lm.model.norm(x[:, -1])
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
+        def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             if temperature == 0:
                 return logits.argmax(-1)
             probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -265,7 +268,8 @@ class CxrLlava(nn.Module):
                 drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
                 sorted_probs = sorted_probs.masked_fill(drop, 0)
                 probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            return torch.cat([torch.multinomial(probs[i], 1, generator=generators[int(r)])
+                              for i, r in enumerate(rows.tolist())])
 
         if max_new_tokens == 0:
             return out_tokens[:, :0].cpu(), [0] * batch, [False] * batch
@@ -282,7 +286,7 @@ class CxrLlava(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         checked = 0
         for step in range(max_new_tokens):
-            token = pick(lm.lm_head(hidden))
+            token = pick(lm.lm_head(hidden), rows)
             out_tokens[rows, step] = token
             last = step == max_new_tokens - 1
             if (step + 1) % every == 0 or last:
