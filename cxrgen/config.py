@@ -39,7 +39,7 @@ class DataConfig:
     """
 
     format: str = "iu_xray_kaggle"
-    root: str | None = "data/iu_xray"
+    root: str | None = None
     manifest: str | None = None
     split: str = "test"
     views: str = "frontal"

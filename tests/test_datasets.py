@@ -98,7 +98,7 @@ def make_iu_kaggle(root: Path, image_dir: str = "images", gz: bool = False) -> P
 
 
 def iu_cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(format="iu_xray_kaggle", root=str(root), **kw)
+    return DataConfig(format="iu_xray_kaggle", root=str(root), **{"reference": "findings", **kw})
 
 
 def test_iu_kaggle_frontal_findings_test_split(tmp_path):
@@ -168,7 +168,7 @@ def test_iu_kaggle_bad_input(tmp_path):
     with pytest.raises(DatasetError, match="data.root .*missing.* is not an existing folder"):
         load_studies(iu_cfg(tmp_path / "missing"))
     with pytest.raises(DatasetError, match="data.root is required"):
-        load_studies(DataConfig(format="iu_xray_kaggle"))
+        load_studies(DataConfig(format="iu_xray_kaggle", root=None))
 
     root = make_iu_kaggle(tmp_path / "nosplit")
     for name in ("indiana_test.csv", "indiana_train.csv", "indiana_val.csv"):
@@ -242,7 +242,7 @@ def make_openi(root: Path, projections: bool = True) -> Path:
 
 def openi_cfg(root: Path, **kw) -> DataConfig:
     kw.setdefault("split", "all")
-    return DataConfig(format="openi", root=str(root), **kw)
+    return DataConfig(format="openi", root=str(root), **{"reference": "findings", **kw})
 
 
 def test_openi_image_key():
@@ -410,7 +410,7 @@ def make_mimic(root: Path, gz: bool = False, reports_under: Path | None = None) 
 
 
 def mimic_cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(format="mimic_cxr", root=str(root), **kw)
+    return DataConfig(format="mimic_cxr", root=str(root), **{"reference": "findings", **kw})
 
 
 def test_mimic_report_sections():

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cxrgen import runner
-from cxrgen.config import ConfigError, load_config
+from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
@@ -83,6 +83,10 @@ def test_default_config_is_the_published_benchmark_setup():
     assert (cfg.data.format, cfg.data.split) == ("iu_xray_kaggle", "test")
     documented = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert {s: set(v) for s, v in documented.items()} == {s: set(v) for s, v in cfg.to_dict().items()}
+    # config.yaml lists the built-in defaults, apart from the dataset folder and the written-out prompt
+    builtin = Config().to_dict()
+    differ = {f"{s}.{k}" for s, keys in documented.items() for k, v in keys.items() if builtin[s][k] != v}
+    assert differ == {"data.root", "prompt.system", "prompt.user"}
 
 
 @pytest.mark.parametrize("override,message", [
