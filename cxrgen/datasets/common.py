@@ -155,8 +155,8 @@ def find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def read_csv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
-    """Read a CSV (gzip by suffix) as strings, missing cells as ''; check that ``required`` columns exist."""
+def load_csv(path: Path, what: str) -> pd.DataFrame:
+    """Read a CSV (gzip by suffix) as strings, missing cells as '', column names stripped."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8")
     except pd.errors.EmptyDataError:
@@ -164,6 +164,12 @@ def read_csv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise DatasetError(f"{what} {path} cannot be read as CSV: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_csv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
+    """:func:`load_csv`, then check that the ``required`` columns exist."""
+    frame = load_csv(path, what)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DatasetError(

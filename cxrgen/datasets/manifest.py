@@ -22,9 +22,8 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 
-from .common import DatasetError, Image, Record, clean_text
+from .common import DatasetError, Image, Record, clean_text, load_csv
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -51,13 +50,7 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[str], str]:
     """(number, row) pairs, the column names, and what the number counts ('data row' for CSV, 'line' for JSONL)."""
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8")
-        except pd.errors.EmptyDataError:
-            raise DatasetError(f"manifest {path} is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-            raise DatasetError(f"manifest {path} cannot be read as CSV: {exc}") from None
-        frame.columns = [str(c).strip() for c in frame.columns]
+        frame = load_csv(path, "manifest")
         return list(enumerate(frame.to_dict("records"), start=1)), list(frame.columns), "data row"
     if name.endswith((".jsonl", ".jsonl.gz")):
         rows = _read_jsonl(path)
