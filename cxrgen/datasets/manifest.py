@@ -22,7 +22,6 @@ import json
 import os
 from pathlib import Path
 
-
 from .common import DatasetError, Image, Record, clean_text, load_csv
 
 
