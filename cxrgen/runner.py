@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -365,13 +365,13 @@ def _shard_record(run_dir: Path, shard: tuple[int, int]) -> dict | None:
 
 
 def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = True, limit: int | None = None,
-             model=None, progress: bool = True, on_batch: Callable[[int], None] | None = None) -> int:
+             model=None, progress: bool = True) -> int:
     """Run (or resume) shard ``shard`` of the configured run; merge when every shard is done. Returns an exit code."""
     with _StopFlag() as stop:  # from the start: a signal during a long model load must not kill the process
-        return _generate(cfg, shard, resume, limit, model, progress, on_batch, stop)
+        return _generate(cfg, shard, resume, limit, model, progress, stop)
 
 
-def _generate(cfg, shard, resume, limit, model, progress, on_batch, stop: "_StopFlag") -> int:
+def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> int:
     started = datetime.now(timezone.utc)
     run_dir = cfg.run_dir
     selection = select_studies(cfg, limit)
@@ -410,7 +410,7 @@ def _generate(cfg, shard, resume, limit, model, progress, on_batch, stop: "_Stop
         batches = [] if interrupted else iterate_batches(
             todo, prepare, cfg.generation.batch_size, cfg.loader.num_workers, cfg.loader.prefetch_batches,
             model.device.type == "cuda")
-        for index, batch in enumerate(batches):
+        for batch in batches:
             t0 = time.perf_counter()
             good = [s for s, err in zip(batch.studies, batch.errors) if not err]
             reports = []
@@ -436,8 +436,6 @@ def _generate(cfg, shard, resume, limit, model, progress, on_batch, stop: "_Stop
                     log.warning("error row %s: %s", study.id, error)
             part.append(rows)
             bar.update(len(rows))
-            if on_batch is not None:
-                on_batch(index)
             if stop.signal is not None:
                 interrupted = True
                 break

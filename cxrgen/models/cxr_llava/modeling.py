@@ -234,8 +234,7 @@ class CxrLlava(nn.Module):
         next_position = valid.sum(1)  # [B]
 
         out_tokens = torch.zeros(batch, max(max_new_tokens, 1), dtype=torch.long, device=self.device)
-        out_len = torch.full((batch,), max_new_tokens, dtype=torch.long, device=self.device)
-        stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        out_len = torch.full((batch,), max_new_tokens, dtype=torch.long, device=self.device)  # < limit: </s> seen
         rows = torch.arange(batch, device=self.device)  # original row of each active row
 
         def forward(x, pos, start, mask):
@@ -296,7 +295,6 @@ class CxrLlava(nn.Module):
                 if bool(new.any()):
                     first = hit.int().argmax(1) + (checked - hit.shape[1])
                     out_len[rows[new]] = first[new]
-                    stopped[rows[new]] = True
                     finished |= new
                     if bool(finished.all()):
                         break
@@ -313,7 +311,7 @@ class CxrLlava(nn.Module):
             x = lm.model.embed_tokens(token)[:, None]
             hidden = forward(x, next_position[:, None], slot, keep[:, None, None, :slot + 1])
             next_position = next_position + 1
-        return out_tokens.cpu(), out_len.tolist(), stopped.tolist()
+        return out_tokens.cpu(), out_len.tolist(), (out_len < max_new_tokens).tolist()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
