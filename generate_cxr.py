@@ -1,26 +1,30 @@
 #!/usr/bin/env python
-"""Generate chest X-ray reports with CXR-LLaVA-v2 for a dataset; write reports.csv, metrics.json, run.json.
+"""Generate chest X-ray reports for a dataset with a report generator (CXR-LLaVA-v2 by default, or any
+transformers image-text-to-text model); write reports.csv, metrics.json, run.json and report.html.
 
   python generate_cxr.py --config configs/demo.yaml            # CPU demo, tiny random model
   python generate_cxr.py --config config.yaml --shard 0/4      # one of four shards (Slurm sets it itself)
   python generate_cxr.py --merge runs/cxr-llava-v2_iu-xray_test  # merge finished shards
   python generate_cxr.py --download-model                      # once, on a machine with internet
+  python generate_cxr.py --make-split --set data.root=/data/iu # IU X-ray Kaggle download: write its split files
 
 Exit codes: 0 all studies ok; 3 finished, some studies are error rows; 2 bad configuration or input;
-75 stopped by SIGTERM/SIGUSR1 after saving its work (run the same command to resume); 1 a crash (traceback).
+4 the shard could not commit every row (the message says why); 75 stopped by SIGTERM/SIGUSR1 after saving its
+work, 130 stopped by Ctrl-C after saving its work (run the same command to resume); 1 a crash (traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from cxrgen import runner
 from cxrgen.config import ConfigError, load_config
-from cxrgen.datasets import DatasetError
+from cxrgen.datasets import DatasetError, MissingSplitError
 from cxrgen.evaluation import EvaluationInputError
-from cxrgen.models.cxr_llava.configuration import CheckpointError
+from cxrgen.models import ModelError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge", metavar="RUN_DIR", help="merge the finished shards of RUN_DIR and exit")
     p.add_argument("--download-model", action="store_true",
                    help="download the configured checkpoint into the Hugging Face cache and exit")
+    p.add_argument("--make-split", action="store_true",
+                   help="write the benchmark's indiana_{train,val,test}.csv into data.root (data.format "
+                        "iu_xray_kaggle, made from indiana_reports.csv) and exit")
+    p.add_argument("--force", action="store_true", help="with --make-split: replace split files that differ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -56,15 +64,54 @@ def main(argv=None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be a positive integer; got {args.limit}")
         if args.download_model:
-            from cxrgen.models.cxr_llava.checkpoint import resolve
-            folder, commit = resolve(cfg.model.name_or_path, cfg.model.revision, allow_download=True)
+            from cxrgen import models
+            folder, commit = models.download(cfg.model)
             print(f"{cfg.model.name_or_path} at {commit or 'local folder'}: {folder}")
             return runner.EXIT_OK
+        if args.force and not args.make_split:
+            raise ConfigError("--force only goes with --make-split")
+        if args.make_split:
+            return make_split(cfg, force=args.force)
         shard = runner.parse_shard(args.shard)
         return runner.generate(cfg, shard=shard, resume=args.resume, limit=args.limit, progress=not args.quiet)
-    except (ConfigError, runner.RunError, DatasetError, CheckpointError, EvaluationInputError) as e:
-        print(f"error: {e}", file=sys.stderr)  # each names its file, key or setting
+    except KeyboardInterrupt:
+        print("\nstopped by a second Ctrl-C: rows in flight were lost, committed rows are kept; "
+              "run the same command to resume", file=sys.stderr)
+        return runner.EXIT_SIGINT
+    except runner.IncompleteShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return runner.EXIT_INCOMPLETE
+    except (ConfigError, runner.RunError, DatasetError, ModelError, EvaluationInputError) as e:
+        print(f"error: {e}{split_hint(e)}", file=sys.stderr)  # each names its file, key or setting
         return runner.EXIT_USAGE
+
+
+def make_split(cfg, force: bool) -> int:
+    """--make-split: write the IU X-ray split files into data.root and print what was done."""
+    from cxrgen.datasets.splits import SPLITS, SplitFilesDifferError
+    from cxrgen.datasets.splits import make_split as write_split
+
+    if cfg.data.format != "iu_xray_kaggle":
+        raise ConfigError(f"--make-split needs data.format iu_xray_kaggle; data.format is {cfg.data.format}")
+    try:
+        result = write_split(cfg.data.root, force=force)
+    except SplitFilesDifferError as e:
+        raise DatasetError(f"{e} (--force replaces them)") from None
+    c = result.counts
+    print(f"{result.reports}: {c['reports']} reports, {c['incomplete']} left out for a missing value; "
+          f"{c['kept']} split into train {c['train']}, val {c['val']}, test {c['test']}")
+    said = {"written": "written", "replaced": "replaced", "unchanged": "already there with these rows, left as is"}
+    for name in SPLITS:
+        print(f"  {result.files[name]}: {c[name]} studies, {said[result.status[name]]}")
+    return runner.EXIT_OK
+
+
+def split_hint(error: Exception) -> str:
+    """How to make a missing IU X-ray split file, for the error line; '' for other errors."""
+    if isinstance(error, MissingSplitError) and error.reports is not None:
+        return ("; or make the benchmark's split files: "
+                f"python generate_cxr.py --make-split --set data.root={shlex.quote(str(error.root))}")
+    return ""
 
 
 if __name__ == "__main__":

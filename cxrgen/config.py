@@ -54,20 +54,29 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The checkpoint and where it runs.
+    """The checkpoint, how it is loaded and where it runs.
 
+    backend          auto | cxr_llava | transformers (auto: cxr_llava when the checkpoint's config.json has
+                     clip_vision_cfg, else transformers)
     name_or_path     Hugging Face id (read from the local cache) or a local checkpoint folder
     revision         Hub branch, tag or commit to use (null: main)
     dtype            auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32
     device           auto | cpu | cuda | cuda:N
+    adapter          a PEFT LoRA adapter folder or Hub id, merged into the weights at load time (null: none)
+    quantization     none | 8bit | 4bit (bitsandbytes on CUDA; 4bit is NF4 with bfloat16 compute)
+    trust_remote_code  transformers backend: allow the checkpoint's own Python files to run (off by default)
     allow_download   fetch missing files from the Hub (off: compute nodes have no internet)
     build_tiny_if_missing   build a tiny random checkpoint at name_or_path when the folder is absent (demo only)
     """
 
+    backend: str = "auto"
     name_or_path: str = "ECOFRI/CXR-LLAVA-v2"
     revision: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    adapter: str | None = None
+    quantization: str = "none"
+    trust_remote_code: bool = False
     allow_download: bool = False
     build_tiny_if_missing: bool = False
 
@@ -82,26 +91,33 @@ class PromptConfig:
 
 @dataclass
 class GenerationConfig:
-    """batch_size images per forward pass; temperature 0 = greedy (reproducible); top_p and seed for sampling."""
+    """Decoding settings.
+
+    batch_size       studies decoded together on the device
+    max_new_tokens   report length limit in tokens
+    temperature      0 = greedy (reproducible); > 0 samples with top_p, each study seeded from seed and its id
+    cuda_graphs      auto | on | off: capture the fixed-shape decode step as a CUDA graph (auto: on CUDA only)
+    """
 
     batch_size: int = 16
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    cuda_graphs: str = "auto"
 
 
 @dataclass
 class LoaderConfig:
     """Image decoding and preprocessing in background worker processes.
 
-    num_workers        worker processes (0 = in the main process)
+    num_workers        worker processes (0 = in the main process; auto = from the CPUs allotted to the process)
     prefetch_batches   batches each worker prepares ahead
     max_pixels         refuse images with more pixels (decompression bombs)
     percentile_window  [low, high] percentiles for 16-bit/float images without a DICOM window (null: full range)
     """
 
-    num_workers: int = 4
+    num_workers: int | str = "auto"
     prefetch_batches: int = 2
     max_pixels: int = 89_478_485
     percentile_window: list[float] | None = None
@@ -146,9 +162,19 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "saved configuration") -> "Config":
-        cfg = _build(cls, raw, "", source)
-        validate(cfg)
+    def from_dict(cls, raw: dict[str, Any], source: str = "saved configuration",
+                  origins: dict[str, str] | None = None) -> "Config":
+        """Build and validate; ``origins`` maps dotted keys to where their value came from (``--set``), so that an
+        error names that instead of ``source``."""
+        origins = origins or {}
+        cfg = _build(cls, raw, "", source, origins)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            key = str(e).split(" ", 1)[0]
+            if key in origins:
+                raise ConfigError(f"{origins[key]} {e}") from None
+            raise
         return cfg
 
     @property
@@ -157,7 +183,10 @@ class Config:
 
 
 CHOICES = {
+    "model.backend": ("auto", "cxr_llava", "transformers"),
     "model.dtype": ("auto", "bfloat16", "float16", "float32"),
+    "model.quantization": ("none", "8bit", "4bit"),
+    "generation.cuda_graphs": ("auto", "on", "off"),
     "data.format": ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest"),
     "data.split": ("train", "val", "validate", "test", "all"),
     "data.views": ("frontal", "all"),
@@ -182,15 +211,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **fla
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...)")
+    origins: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         key, value = item.split("=", 1)
         _assign(raw, key.strip(), _parse_override(key.strip(), value), "--set")
+        origins[key.strip()] = "--set"
     for key, value in flags.items():
         if value is not None:
             _assign(raw, key, value, "command line")
-    return Config.from_dict(raw, source)
+            origins[key] = "command line"
+    return Config.from_dict(raw, source, origins)
 
 
 def _parse_override(dotted: str, value: str) -> Any:
@@ -225,7 +257,7 @@ def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _build(cls, raw: dict, prefix: str, source: str):
+def _build(cls, raw: dict, prefix: str, source: str, origins: dict[str, str]):
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping")
     hints = typing.get_type_hints(cls)
@@ -243,9 +275,9 @@ def _build(cls, raw: dict, prefix: str, source: str):
         hint = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name] or {}, key + ".", source)
+            values[name] = _build(hint, raw[name] or {}, key + ".", source, origins)
         else:
-            values[name] = _coerce(raw[name], hint, key, source)
+            values[name] = _coerce(raw[name], hint, key, origins.get(key, source))
     return cls(**values)
 
 
@@ -262,6 +294,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"{source}: {key} must be a list of numbers, got {value!r}")
         return [float(v) for v in value]
+    if set(args) - {type(None)} == {int, str}:  # a count or the word auto
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ConfigError(f"{source}: {key} must be an integer or auto, got {value!r}")
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -296,7 +334,7 @@ def validate(cfg: Config) -> None:
         ("generation.max_new_tokens", cfg.generation.max_new_tokens >= 1, "a positive integer"),
         ("generation.temperature", cfg.generation.temperature >= 0, ">= 0 (0 is greedy)"),
         ("generation.top_p", 0 < cfg.generation.top_p <= 1, "in (0, 1]"),
-        ("loader.num_workers", cfg.loader.num_workers >= 0, ">= 0"),
+        ("loader.num_workers", cfg.loader.num_workers == "auto" or cfg.loader.num_workers >= 0, ">= 0 or auto"),
         ("loader.prefetch_batches", cfg.loader.prefetch_batches >= 1, ">= 1"),
         ("loader.max_pixels", cfg.loader.max_pixels >= 1, "a positive integer"),
         ("evaluation.bootstrap", cfg.evaluation.bootstrap >= 0, ">= 0"),
@@ -313,4 +351,9 @@ def validate(cfg: Config) -> None:
     if cfg.data.format == "manifest" and not cfg.data.manifest:
         raise ConfigError("data.manifest must name a CSV or JSONL file when data.format is manifest")
     if cfg.data.format != "manifest" and not cfg.data.root:
-        raise ConfigError(f"data.root must name the dataset folder when data.format is {cfg.data.format}")
+        from cxrgen.datasets.common import layout_hint
+
+        raise ConfigError(
+            f"data.root must name the dataset folder when data.format is {cfg.data.format}: "
+            f"{layout_hint(cfg.data.format)}"
+        )

@@ -17,6 +17,7 @@ import yaml
 from cxrgen import runner
 from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
+from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir):
-    return CxrLlava.from_pretrained(tiny_dir, device="cpu")
+    return CxrLlavaBackend(CxrLlava.from_pretrained(tiny_dir, device="cpu"))
 
 
 def write_manifest(folder: Path, n: int, broken: dict[int, str] | None = None) -> Path:
@@ -118,7 +119,7 @@ def test_cli_bad_key_exits_2_with_one_line():
     assert result.returncode == runner.EXIT_USAGE
     assert result.stderr.strip().splitlines() == [
         "error: --set generation.batchsize: unknown key 'generation.batchsize' (allowed in generation: batch_size, "
-        "max_new_tokens, temperature, top_p, seed)"]
+        "max_new_tokens, temperature, top_p, seed, cuda_graphs)"]
 
 
 def test_missing_dataset_root_is_an_error_at_start(tmp_path, tiny_dir):
@@ -162,7 +163,7 @@ def test_batch_equals_single_and_csv_round_trips(tmp_path, tiny_dir, model):
         assert runner.generate(cfg, model=model, progress=False) == 0
     a, b = reports(tmp_path / "runs" / "b1"), reports(tmp_path / "runs" / "b4")
     assert list(a["generated_report"]) == list(b["generated_report"])
-    direct = model.generate_reports([model_image(p) for p in a["image_path"]], max_new_tokens=24)
+    direct = model.model.generate_reports([model_image(p) for p in a["image_path"]], max_new_tokens=24)
     assert list(a["generated_report"]) == [r.text for r in direct]
 
 

@@ -1,0 +1,101 @@
+"""Report generators behind one interface (:mod:`cxrgen.models.base`), and the registry that picks one.
+
+Backends (``model.backend``):
+
+    cxr_llava      CXR-LLaVA-v2 in its published checkpoint layout (cxrgen.models.cxr_llava)
+    transformers   any checkpoint that transformers' AutoProcessor + AutoModelForImageTextToText load
+                   (cxrgen.models.transformers)
+    auto           cxr_llava when the checkpoint's config.json has ``clip_vision_cfg``, else transformers
+
+Each backend module provides ``load(model_cfg) -> ReportGenerator`` and ``download(model_cfg) -> (folder, commit)``.
+Adding a backend is one module with those two functions and one line in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+from .base import GeneratedReport, Item, ModelError, ReportGenerator, static_batches
+
+__all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "ReportGenerator", "download", "load",
+           "resolve_backend", "static_batches"]
+
+BACKENDS = {
+    "cxr_llava": "cxrgen.models.cxr_llava.backend",
+    "transformers": "cxrgen.models.transformers.backend",
+}
+
+
+def _backend_module(name: str):
+    if name not in BACKENDS:
+        raise ModelError(f"model.backend must be auto or one of {', '.join(BACKENDS)}; got {name!r}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _config_json(model_cfg, allow_download: bool) -> dict | None:
+    """The checkpoint's config.json (local folder, local Hub cache, or the Hub when allowed); None when absent."""
+    path = Path(model_cfg.name_or_path).expanduser()
+    if path.exists():
+        file = path / "config.json"
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{file}: not valid JSON ({e})") from None
+    name = model_cfg.name_or_path
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"model.name_or_path {name}: no such checkpoint folder (and not a Hub id of the form "
+                         "owner/name)")
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    cached = try_to_load_from_cache(name, "config.json", revision=model_cfg.revision)
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    if not allow_download or _offline():
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        why = "HF_HUB_OFFLINE is set" if _offline() else "downloads are off (model.allow_download: false)"
+        raise ModelError(
+            f"model.name_or_path {name}{'@' + model_cfg.revision if model_cfg.revision else ''}: not in the local "
+            f"Hugging Face cache ({HF_HUB_CACHE}) and {why}. Fetch it once on a machine with internet access "
+            "(see the README, 'Fetch the weights once')")
+    try:
+        return json.loads(Path(hf_hub_download(name, "config.json", revision=model_cfg.revision)).read_text())
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise ModelError(f"model.name_or_path {name}: config.json could not be fetched from the Hugging Face Hub "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
+    """The backend that runs ``model_cfg``: ``model.backend`` itself, or for ``auto`` the one its config.json names.
+
+    ``auto`` for a missing folder that the demo builds (``build_tiny_if_missing``) is ``cxr_llava``.
+    """
+    if model_cfg.backend != "auto":
+        _backend_module(model_cfg.backend)  # an unknown name is an error naming the key
+        return model_cfg.backend
+    if model_cfg.build_tiny_if_missing and not Path(model_cfg.name_or_path).exists():
+        return "cxr_llava"
+    raw = _config_json(model_cfg, model_cfg.allow_download if allow_download is None else allow_download)
+    if raw is None:
+        raise ModelError(f"model.name_or_path {model_cfg.name_or_path}: no config.json in the checkpoint folder")
+    return "cxr_llava" if "clip_vision_cfg" in raw else "transformers"
+
+
+def load(model_cfg) -> ReportGenerator:
+    """Load the configured model onto its device (nothing is read from the dataset yet)."""
+    return _backend_module(resolve_backend(model_cfg)).load(model_cfg)
+
+
+def download(model_cfg):
+    """Fetch the configured checkpoint into the Hugging Face cache; returns (local folder, commit or None)."""
+    return _backend_module(resolve_backend(model_cfg, allow_download=True)).download(model_cfg)

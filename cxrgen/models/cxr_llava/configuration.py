@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 
-class CheckpointError(ValueError):
+from ..base import ModelError
+
+
+class CheckpointError(ModelError):
     """A checkpoint that cannot be used: names the file and the key or tensor that is wrong."""
 
 

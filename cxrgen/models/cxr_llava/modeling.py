@@ -14,7 +14,6 @@ MLPs, head) and does the attention itself with ``scaled_dot_product_attention`` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,19 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..base import GeneratedReport
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
 from .vision import VisionTower
-
-
-@dataclass
-class GeneratedReport:
-    text: str
-    token_ids: list[int]  # generated ids, the closing </s> excluded
-    n_new_tokens: int  # len(token_ids)
-    stopped_at_eos: bool  # False: the max_new_tokens limit was reached first
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

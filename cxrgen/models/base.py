@@ -1,0 +1,85 @@
+"""The interface every report generator meets, and what it hands back.
+
+The runner knows a model only through this interface::
+
+    backend = cxrgen.models.load(cfg.model)                 # weights on the device, nothing read yet
+    prepare = backend.image_preparer()                      # picklable: runs in the DataLoader workers
+    inputs = prepare(image)                                 # 8-bit grey PIL image -> the backend's tensors
+    for finished in backend.stream(items, cfg.prompt, cfg.generation):
+        ...                                                 # [(item, GeneratedReport), ...] as reports finish
+
+``stream`` takes the prepared studies as an iterator and yields reports as they finish, in any order and in
+groups of any size; every item it takes is yielded exactly once. When the iterator ends (the input is exhausted,
+or the runner stops feeding it after a stop signal) the backend finishes the items it has taken and returns.
+How the items are grouped on the device is the backend's own business: :func:`static_batches` is the plain
+fixed-batch strategy (a batch is filled, generated to its end, handed back); a backend may instead refill the
+rows of a batch as they finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+
+class ModelError(ValueError):
+    """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
+
+
+@dataclass
+class GeneratedReport:
+    text: str
+    token_ids: list[int]  # generated ids, the closing end-of-sequence token excluded
+    n_new_tokens: int  # len(token_ids)
+    stopped_at_eos: bool  # False: the max_new_tokens limit was reached first
+
+
+@dataclass
+class Item:
+    """One prepared study on its way through a backend."""
+
+    key: Any  # the caller's handle for the study (handed back untouched)
+    inputs: Any  # what the backend's image preparer returned for this study
+    seed: int  # sampling seed of this study (unused when decoding greedily)
+
+
+Finished = list[tuple[Item, GeneratedReport]]
+
+
+class ReportGenerator(Protocol):
+    """What a backend provides. ``cxrgen.models.load`` returns one; see the module docstring for the flow."""
+
+    @property
+    def device(self) -> Any: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for run.json: backend, source, revision, dtype, device, adapter, quantization, digests."""
+
+    def image_preparer(self) -> Callable[[Any], Any]:
+        """A picklable callable: the project's 8-bit grey PIL image -> this backend's inputs for one study."""
+
+    def render_prompt(self, prompt) -> str:
+        """The prompt text exactly as the model sees it (``prompt``: a :class:`cxrgen.config.PromptConfig`)."""
+
+    def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
+        """Reports for ``items`` as they finish (``generation``: a :class:`cxrgen.config.GenerationConfig`)."""
+
+
+def static_batches(generate: Callable[[list[Item]], Sequence[GeneratedReport]], items: Iterable[Item],
+                   batch_size: int) -> Iterator[Finished]:
+    """Fixed batching: take ``batch_size`` items, generate them together, hand them back; the last batch may be
+    smaller. ``generate`` returns one report per item, in order."""
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield _pair(batch, generate(batch))
+            batch = []
+    if batch:
+        yield _pair(batch, generate(batch))
+
+
+def _pair(batch: list[Item], reports: Sequence[GeneratedReport]) -> Finished:
+    if len(reports) != len(batch):
+        raise RuntimeError(f"the backend returned {len(reports)} reports for {len(batch)} studies")
+    return list(zip(batch, reports))

@@ -1,0 +1,131 @@
+"""CXR-LLaVA-v2 as a report generator of the pipeline (:mod:`cxrgen.models.base`).
+
+Inputs per study: the published preprocessing (preprocess.py) in the DataLoader workers, float32 pixels [1, S, S].
+Prompt: the published report prompt unless ``prompt.system`` / ``prompt.user`` are set (the image goes before the
+user text). Decoding: :meth:`CxrLlava.generate_reports` on batches of ``generation.batch_size`` studies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..base import Finished, Item, ModelError, static_batches
+from . import checkpoint as ckpt
+from .preprocess import preprocess_image
+from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, render_prompt
+
+log = logging.getLogger("cxrgen")
+
+
+@dataclass(frozen=True)
+class PreparePixels:
+    """Picklable per-study preprocessing: 8-bit grey PIL image -> float32 pixels [1, S, S] (numpy only)."""
+
+    image_size: int
+    mean: float
+    std: float
+
+    def __call__(self, image) -> np.ndarray:
+        return preprocess_image(image, self.image_size, self.mean, self.std)
+
+
+def _prompt_parts(prompt) -> tuple[str, str]:
+    system = REPORT_SYSTEM_PROMPT if prompt is None or prompt.system is None else prompt.system
+    user = REPORT_USER_PROMPT if prompt is None or prompt.user is None else prompt.user
+    return system, user
+
+
+class CxrLlavaBackend:
+    """A loaded :class:`CxrLlava` behind the pipeline's interface."""
+
+    name = "cxr_llava"
+
+    def __init__(self, model, *, adapter: dict | None = None, quantization: str = "none"):
+        self.model = model
+        self.adapter = adapter  # what was merged into the weights (path, digest, ...), or None
+        self.quantization = quantization
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "source": self.model.source, "revision": self.model.revision,
+                "digest": checkpoint_digest(Path(self.model.source)) if self.model.source else None,
+                "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self.model.device),
+                "adapter": self.adapter, "quantization": self.quantization, "trust_remote_code": False}
+
+    def image_preparer(self) -> PreparePixels:
+        cfg = self.model.config
+        return PreparePixels(cfg.vision.image_size, cfg.image_mean, cfg.image_std)
+
+    def render_prompt(self, prompt) -> str:
+        return render_prompt(*_prompt_parts(prompt))
+
+    def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
+        import torch
+
+        ids = self.model.tokenizer.encode_prompt(self.render_prompt(prompt))
+
+        def generate(batch: list[Item]):
+            pixels = torch.from_numpy(np.stack([item.inputs for item in batch]))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            return self.model.generate_reports(
+                pixels, prompt=ids, max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
+                top_p=generation.top_p, seed=[item.seed for item in batch])
+
+        yield from static_batches(generate, items, generation.batch_size)
+
+
+def checkpoint_digest(folder: Path) -> str | None:
+    """sha256 over the checkpoint's config.json and its weight index (or the single weight file's size and
+    modification-free name list): identifies a local checkpoint whose Hub revision is unknown, without hashing
+    gigabytes of weights."""
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def load(model_cfg) -> CxrLlavaBackend:
+    from .modeling import CxrLlava
+    from .tiny import ensure_tiny_checkpoint
+
+    if model_cfg.build_tiny_if_missing and not Path(model_cfg.name_or_path).exists():
+        log.info("building a tiny random checkpoint at %s (reports will be noise)", model_cfg.name_or_path)
+        ensure_tiny_checkpoint(model_cfg.name_or_path)
+    if model_cfg.quantization != "none":
+        from ..quantization import check_quantization
+
+        check_quantization(model_cfg)
+    try:
+        model = CxrLlava.from_pretrained(model_cfg.name_or_path, revision=model_cfg.revision,
+                                         device=model_cfg.device, dtype=model_cfg.dtype,
+                                         allow_download=model_cfg.allow_download)
+    except ModelError:
+        raise
+    except ValueError as e:  # e.g. model.device: cuda on a machine without CUDA
+        raise ModelError(f"model {model_cfg.name_or_path} on device {model_cfg.device}: {e}") from None
+    adapter = None
+    if model_cfg.adapter:
+        from ..adapters import merge_cxr_llava_adapter
+
+        adapter = merge_cxr_llava_adapter(model, model_cfg)
+    return CxrLlavaBackend(model, adapter=adapter, quantization=model_cfg.quantization)
+
+
+def download(model_cfg):
+    return ckpt.resolve(model_cfg.name_or_path, model_cfg.revision, allow_download=True)
