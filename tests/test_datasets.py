@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cxrgen.config import DataConfig
-from cxrgen.datasets import FORMATS, DatasetError, Selection, Study, load_studies, natural_key
+from cxrgen.datasets import FORMATS, DatasetError, MissingSplitError, Selection, Study, load_studies, natural_key
 from cxrgen.datasets.mimic_cxr import report_sections
 from cxrgen.datasets.openi import image_key
 
@@ -122,6 +122,22 @@ def test_iu_kaggle_frontal_findings_test_split(tmp_path):
     }
 
 
+def test_iu_kaggle_studies_come_in_split_file_order(tmp_path):
+    root = make_iu_kaggle(tmp_path / "iu")
+    order = [10, 99, 5, 3, 2, 1, 4]  # 99 is not in indiana_reports.csv
+    write_csv(root / "indiana_test.csv", [dict(uid=u, findings="ignored") for u in order])
+    sel = load_studies(iu_cfg(root))
+    assert ids(sel) == ["10", "5", "1"]
+    assert sel.studies[0].reference == "XXXX opacity in the right base."  # text from indiana_reports.csv
+    every_image = load_studies(iu_cfg(root, views="all"))
+    assert ids(every_image) == [  # studies in split order, each study's images in image-id order
+        "10/10_IM-0002-1001.dcm.png", "5/5_IM-0003-1001.dcm.png", "5/5_IM-0003-2001.dcm.png",
+        "2/2_IM-0652-2001.dcm.png", "1/1_IM-0001-3001.dcm.png", "1/1_IM-0001-4001.dcm.png",
+    ]
+    # Without a split file the order is the natural order of the uids.
+    assert ids(load_studies(iu_cfg(root, split="all"))) == ["1", "5", "10", "11"]
+
+
 def test_iu_kaggle_views_all_gives_one_row_per_image(tmp_path):
     root = make_iu_kaggle(tmp_path / "iu")
     sel = load_studies(iu_cfg(root, views="all"))
@@ -178,6 +194,7 @@ def test_iu_kaggle_bad_input(tmp_path):
     message = str(err.value)
     assert "indiana_train.csv" in message and "indiana_val.csv" in message and "indiana_test.csv" in message
     assert "data.split: all" in message
+    assert isinstance(err.value, MissingSplitError) and err.value.reports == root / "indiana_reports.csv"
     assert ids(load_studies(iu_cfg(root, split="all"))) == ["1", "5", "10", "11"]
 
     root = make_iu_kaggle(tmp_path / "badsplit")
@@ -301,12 +318,13 @@ def test_openi_without_projections(tmp_path):
 
 def test_openi_split_file(tmp_path):
     root = make_openi(tmp_path / "openi")
-    write_csv(root / "indiana_test.csv", [dict(uid=7), dict(uid=1900), dict(uid=42)])
+    write_csv(root / "indiana_test.csv", [dict(uid=1900), dict(uid=7), dict(uid=42)])
     sel = load_studies(openi_cfg(root, split="test"))
-    assert ids(sel) == ["CXR7", "CXR1900"]
+    assert ids(sel) == ["CXR7", "CXR1900"]  # Open-i keeps the natural order of its ids, whatever the split file's
     assert sel.counts["not_in_split"] == 3 and sel.counts["skipped_missing_split"] == 1
-    with pytest.raises(DatasetError, match="indiana_val.csv, which is missing"):
+    with pytest.raises(MissingSplitError, match="indiana_val.csv, which is missing") as err:
         load_studies(openi_cfg(root, split="val"))
+    assert err.value.reports is None  # no indiana_reports.csv to make it from
 
 
 def test_openi_bad_input(tmp_path):

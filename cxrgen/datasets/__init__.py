@@ -2,7 +2,9 @@
 
 ``load_studies(cfg)`` reads the dataset that ``cfg`` (a :class:`cxrgen.config.DataConfig`) names and returns a
 :class:`Selection`: one :class:`Study` per row, each with exactly one absolute image path and a non-empty
-reference text, sorted by id (digit runs compare as numbers), plus counts of what was left out and why.
+reference text, plus counts of what was left out and why. Rows are sorted by id (digit runs compare as numbers),
+except for iu_xray_kaggle with a split file (data.split train, val or test), whose rows come in the split file's
+row order, so that the first N selected studies are the first N of the split.
 
 Formats (details in each module's docstring):
 
@@ -19,7 +21,9 @@ reason that applies; total = not_in_split + skipped_no_report + skipped_no_image
 skipped_empty_reference + selected_studies.
 
 Image files are not opened or checked here. Problems with the dataset itself (missing root, file, folder or
-column, unknown option, duplicate ids) and an empty selection raise :class:`DatasetError` before any work.
+column, unknown option, duplicate ids) and an empty selection raise :class:`DatasetError` before any work; a
+missing split file raises its subclass :class:`MissingSplitError`. The IU X-ray split files are made by
+:func:`cxrgen.datasets.splits.make_split`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from . import iu_xray_kaggle, manifest, mimic_cxr, openi
 from .common import (
     FORMATS,
     DatasetError,
+    MissingSplitError,
     Selection,
     Study,
     check_options,
@@ -40,7 +45,10 @@ from .common import (
     select,
 )
 
-__all__ = ["FORMATS", "DatasetError", "Selection", "Study", "describe_counts", "load_studies", "natural_key"]
+__all__ = [
+    "FORMATS", "DatasetError", "MissingSplitError", "Selection", "Study", "describe_counts", "load_studies",
+    "natural_key",
+]
 
 
 def load_studies(cfg) -> Selection:
@@ -51,7 +59,7 @@ def load_studies(cfg) -> Selection:
     check_options(cfg)
     split = normalise_split(cfg.split)
     counts = new_counts()
-    unknown_is_frontal = keep_ids = False
+    unknown_is_frontal = keep_ids = keep_order = False
     if cfg.format == "manifest":
         records, has_view = manifest.load_records(cfg, split, counts)
         unknown_is_frontal, keep_ids = not has_view, True
@@ -60,8 +68,11 @@ def load_studies(cfg) -> Selection:
         root = require_root(cfg)
         loader = {"iu_xray_kaggle": iu_xray_kaggle, "openi": openi, "mimic_cxr": mimic_cxr}[cfg.format]
         records = loader.load_records(cfg, root, split, counts)
+        keep_order = cfg.format == "iu_xray_kaggle" and split != "all"
         source = f"{cfg.format} dataset {root}"
-    rows = select(records, cfg.views, counts, unknown_is_frontal=unknown_is_frontal, keep_ids=keep_ids)
+    rows = select(
+        records, cfg.views, counts, unknown_is_frontal=unknown_is_frontal, keep_ids=keep_ids, keep_order=keep_order
+    )
     for row in rows:
         row.metadata.setdefault("dataset", cfg.format)
     if not rows:

@@ -14,7 +14,9 @@ row each, with the id ``"<study id>/<image id>"``. A view is only ever read from
 (projection table, ViewPosition, manifest column); an image whose view is unknown is not frontal.
 
 Order. Rows are sorted by :func:`natural_key` of their id: runs of digits compare as numbers, so ``CXR2``
-comes before ``CXR10``, and ids that tie under that rule fall back to plain string order.
+comes before ``CXR10``, and ids that tie under that rule fall back to plain string order. An adapter whose records
+already come in a defined order (iu_xray_kaggle with a split file: the split file's row order) keeps that order
+instead (``keep_order``); with views=all a study's images then stay together, in natural order of image id.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ class DatasetError(ValueError):
     """The dataset or its configuration cannot be read; the message names the file, column or key."""
 
 
+class MissingSplitError(DatasetError):
+    """The split file ``path`` that data.split asks for is missing.
+
+    ``reports`` is the reports table under ``root`` the split files can be made from
+    (:func:`cxrgen.datasets.splits.make_split`), or None when the layout has none.
+    """
+
+    def __init__(self, message: str, path: Path, root: Path, reports: Path | None = None):
+        super().__init__(message)
+        self.path, self.root, self.reports = path, root, reports
+
+
 @dataclass(frozen=True)
 class Study:
     """One row of work for the pipeline: exactly one image and the text it is compared with.
@@ -57,7 +71,7 @@ class Study:
 
 @dataclass
 class Selection:
-    """The selected rows, sorted by id, and how many studies each filter removed (see the module docstring)."""
+    """The selected rows, in dataset order, and how many studies each filter removed (see the module docstring)."""
 
     studies: list[Study]
     counts: dict[str, int]
@@ -137,13 +151,35 @@ def check_options(cfg) -> None:
         raise DatasetError(f"data.reference must be one of {', '.join(REFERENCES)}, got {cfg.reference!r}")
 
 
+# What data.root must hold for each folder-based format, and the README.md section that describes it.
+LAYOUTS = {
+    "iu_xray_kaggle": ("indiana_reports.csv, indiana_projections.csv and images/", "IU X-ray (Kaggle download)"),
+    "openi": ("ecgen-radiology/*.xml and NLMCXR_png/", "Datasets"),
+    "mimic_cxr": ("mimic-cxr-2.0.0-metadata.csv, mimic-cxr-2.0.0-split.csv and files/", "Datasets"),
+}
+
+
+def layout_hint(fmt: str) -> str:
+    """'the folder holding ... (README.md, section ...)' for a folder-based format; '' for any other."""
+    if fmt not in LAYOUTS:
+        return ""
+    files, section = LAYOUTS[fmt]
+    return f'the folder holding {files} (README.md, section "{section}")'
+
+
 def require_root(cfg) -> Path:
-    """data.root as an absolute path; raises DatasetError if it is unset or not a folder."""
+    """data.root as an absolute path; raises DatasetError if it is unset or not a folder.
+
+    The message names the files the format expects under data.root and the README section about them.
+    """
+    hint = layout_hint(cfg.format)
     if not cfg.root:
-        raise DatasetError(f"data.root is required for data.format {cfg.format}")
+        raise DatasetError(f"data.root is required for data.format {cfg.format}: {hint}")
     root = Path(os.path.abspath(os.path.expanduser(str(cfg.root))))
     if not root.is_dir():
-        raise DatasetError(f"data.root {root} is not an existing folder (data.format {cfg.format})")
+        raise DatasetError(
+            f"data.root {root} is not an existing folder (data.format {cfg.format} needs {hint})"
+        )
     return root
 
 
@@ -200,10 +236,12 @@ def select(
     counts: dict[str, int],
     unknown_is_frontal: bool = False,
     keep_ids: bool = False,
+    keep_order: bool = False,
 ) -> list[Study]:
-    """Apply the view rule and the empty-reference rule to ``records``; update ``counts``; return sorted rows.
+    """Apply the view rule and the empty-reference rule to ``records``; update ``counts``; return the rows.
 
-    ``unknown_is_frontal`` (manifests without a view column) keeps an image whose view is None under
+    Rows are sorted by :func:`natural_key` of their id unless ``keep_order`` is set, which keeps the order of
+    ``records``. ``unknown_is_frontal`` (manifests without a view column) keeps an image whose view is None under
     views=frontal instead of counting it as not frontal. ``keep_ids`` (manifests, whose rows are single images
     already) uses the study id as the row id under views=all too.
     """
@@ -230,7 +268,8 @@ def select(
             metadata = dict(record.metadata)
             metadata.update(view=image.view, study_id=record.study_id, image_id=image.image_id)
             rows.append(Study(id=row_id, image_paths=(image.path,), reference=record.reference, metadata=metadata))
-    rows.sort(key=lambda s: natural_key(s.id))
+    if not keep_order:
+        rows.sort(key=lambda s: natural_key(s.id))
     counts["selected"] = len(rows)
     return rows
 

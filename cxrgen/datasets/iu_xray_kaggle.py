@@ -8,11 +8,16 @@ Files under data.root:
     images/                   the image files named in projections.filename, e.g. 1_IM-0001-4001.dcm.png
                               (images/images_normalized/ is used instead when that folder exists, as in the
                               Kaggle download)
-    indiana_{train,val,test}.csv   optional split files with a uid column; needed unless data.split is all
+    indiana_{train,val,test}.csv   split files with a uid column; needed unless data.split is all. The Kaggle
+                              download lacks them; cxrgen.datasets.splits.make_split writes the benchmark's
+                              split files from indiana_reports.csv
 
 A study is a report row (id: its uid); its images are the projection rows with the same uid, and their views
 are the projection column. The split files of the benchmark are row subsets of indiana_reports.csv; only their
 uid column is used, the report text always comes from indiana_reports.csv.
+
+Order. With a split file the studies come in the split file's row order (so the first N of a run are the
+benchmark's first N); with data.split all they are sorted by uid (natural order, see cxrgen.datasets.common).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from .common import (
     DatasetError,
     Image,
+    MissingSplitError,
     Record,
     build_reference,
     clean_text,
@@ -37,26 +43,38 @@ SPLIT_FILES = {split: f"indiana_{split}.csv" for split in ("train", "val", "test
 _REPORT_FIELDS = ("MeSH", "Problems", "image", "indication", "comparison", "findings", "impression")
 
 
-def read_split_uids(root: Path, split: str) -> set[str] | None:
-    """The uids of ``split`` from ``root/indiana_<split>.csv``; None when split is 'all'.
+def read_split_order(root: Path, split: str, reports: Path | None = None) -> list[str] | None:
+    """The uids of ``split`` from ``root/indiana_<split>.csv`` in file order (a repeated uid counts once, where
+    it first occurs); None when split is 'all'.
 
-    Raises DatasetError when the file is missing (naming every split file looked for) or has no uid column.
+    Raises MissingSplitError when the file is missing (naming every split file looked for; ``reports`` is
+    passed on as the table the split can be made from) and DatasetError when it has no uid column.
     """
     if split == "all":
         return None
     path = find_file(root, SPLIT_FILES[split])
     if path is None:
         looked = ", ".join(str(root / name) for name in SPLIT_FILES.values())
-        raise DatasetError(
+        raise MissingSplitError(
             f"data.split={split} needs the split file {root / SPLIT_FILES[split]}, which is missing "
-            f"(split files looked for: {looked}); set data.split: all to use every study"
+            f"(split files looked for: {looked}); set data.split: all to use every study",
+            path=root / SPLIT_FILES[split], root=root, reports=reports,
         )
     frame = read_csv(path, ("uid",), "split file")
-    return {uid for uid in frame["uid"] if uid}
+    return list(dict.fromkeys(uid for uid in frame["uid"] if uid))
+
+
+def read_split_uids(root: Path, split: str) -> set[str] | None:
+    """The uids of ``split`` as a set (see :func:`read_split_order`); None when split is 'all'."""
+    order = read_split_order(root, split)
+    return None if order is None else set(order)
 
 
 def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Record]:
-    """Read the Kaggle IU layout under ``root`` into one Record per report in ``split``; update ``counts``."""
+    """Read the Kaggle IU layout under ``root`` into one Record per report in ``split``; update ``counts``.
+
+    With a split file the records come in its row order, otherwise in the order of indiana_reports.csv.
+    """
     reports_path = find_file(root, REPORTS_FILE)
     if reports_path is None:
         raise DatasetError(f"iu_xray_kaggle: {root / REPORTS_FILE} not found (data.root {root})")
@@ -71,7 +89,8 @@ def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Re
 
     reports = read_csv(reports_path, ("uid", "findings", "impression"), "reports file")
     projections = read_csv(projections_path, ("uid", "filename", "projection"), "projections file")
-    split_uids = read_split_uids(root, split)
+    split_order = read_split_order(root, split, reports_path)
+    split_uids = None if split_order is None else set(split_order)
 
     blank = reports.index[reports["uid"] == ""].tolist()
     if blank:
@@ -94,8 +113,12 @@ def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Re
         counts["skipped_missing_split"] = len(split_uids - known)
 
     present = [f for f in _REPORT_FIELDS if f in reports.columns]
+    rows = reports.to_dict("records")
+    if split_order is not None:
+        position = {uid: i for i, uid in enumerate(split_order)}
+        rows.sort(key=lambda r: position.get(r["uid"], len(position)))
     records = []
-    for row in reports.to_dict("records"):
+    for row in rows:
         uid = row["uid"]
         if split_uids is not None and uid not in split_uids:
             counts["not_in_split"] += 1
