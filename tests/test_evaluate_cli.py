@@ -13,6 +13,7 @@ import pytest
 import cxrgen.metrics
 import evaluate
 from cxrgen import evaluation
+from cxrgen.metrics import bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 REFS = [
@@ -75,10 +76,13 @@ def test_single_run_outputs_and_summary_shape(tmp_path, capsys):
     sys_ = summary["systems"]["llava"]
     assert sys_["n"] == 6 and sys_["n_empty"] == 0
     assert list(sys_["metrics"])[:6] == ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"]
-    for entry in sys_["metrics"].values():
-        assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
     assert summary["comparisons"] == []
     per = pd.read_csv(run / "per_sample.csv")
+    # ROUGE-L is a mean of per-sample scores: its interval is the percentile interval of the means
+    # of the seeded resamples (a percentile interval need not contain the point estimate itself)
+    counts = np.vstack(list(bootstrap.resample_counts(6, 200, seed=0)))
+    means = counts @ per["rouge_l"].to_numpy() / 6
+    assert sys_["metrics"]["rouge_l"]["ci"] == pytest.approx(np.percentile(means, [2.5, 97.5]), abs=1e-12)
     assert per["id"].tolist() == IDS and {"bleu_4", "rouge_l", "cider_d", "system"} <= set(per.columns)
     # the summary value equals the mean of the per-sample ROUGE-L
     assert sys_["metrics"]["rouge_l"]["value"] == pytest.approx(per["rouge_l"].mean())
@@ -125,7 +129,9 @@ def test_baseline_choice_and_explicit_names(tmp_path, capsys):
     b = _write(tmp_path / "y.csv", _results(IDS, REFS, REFS))
     rc, _, err = _run(capsys, f"old={a}", f"new={b}", "--baseline", "new", "--no-clinical", "--n-boot", "100")
     assert rc == 0, err
-    s = json.loads((tmp_path / "summary.json").read_text())
+    # a comparison gets a folder of its own, named after the systems, beside the first CSV
+    s = json.loads((tmp_path / "new-vs-old" / "summary.json").read_text())
+    assert not (tmp_path / "summary.json").exists()
     assert list(s["systems"]) == ["new", "old"]
     assert {c["baseline"] for c in s["comparisons"]} == {"new"}
     assert all(c["diff"] <= 1e-12 for c in s["comparisons"])
@@ -190,10 +196,12 @@ def test_custom_column_names(tmp_path, capsys):
 def test_missing_column_lists_the_columns(tmp_path, capsys):
     csv = _write(tmp_path / "r.csv", _results(IDS, GEN, REFS).drop(columns=["generated_report"]))
     rc, _, err = _run(capsys, csv, "--no-clinical")
-    assert rc == 2
-    assert "no column 'generated_report' (--hyp-col)" in err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "no column for the generated report" in err and "(set it with --hyp-col)" in err
     assert "id, image_path, reference, status, error" in err
     assert "_source" not in err
+    rc, _, err = _run(capsys, csv, "--no-clinical", "--hyp-col", "pred")
+    assert rc == 2 and "no column 'pred' for the generated report" in err and "--hyp-col" in err
 
 
 def test_empty_and_nan_reports_score_zero_and_are_counted(tmp_path, capsys):
@@ -274,7 +282,7 @@ def test_nothing_scorable_is_an_error(tmp_path):
         evaluation.evaluate_frame(df, name="x", clinical=False)
 
 
-# --- METEOR and model-based metrics are reported, never downloaded --------------------------------
+# --- METEOR is reported, never downloaded --------------------------------
 
 
 def test_meteor_unavailable_without_download(monkeypatch):
@@ -293,19 +301,6 @@ def test_meteor_unavailable_without_download(monkeypatch):
     else:
         assert ev.summary["unavailable"]["meteor"] == why and "nltk.downloader wordnet" in why
         assert "meteor" not in ev.summary["metrics"] and "meteor:none" in ev.signature
-
-
-def test_model_metrics_reported_unavailable_with_fetch_command():
-    import importlib.util
-
-    from cxrgen.metrics import model_based
-
-    ev = evaluation.evaluate_frame(_results(IDS, GEN, REFS), name="x", clinical=False, n_boot=10, model_metrics=["all"])
-    for name in model_based.KNOWN:
-        if importlib.util.find_spec(model_based._PACKAGE[name]) is None:
-            assert f"pip install {model_based._PIP[name]}" in ev.summary["unavailable"][name]
-    with pytest.raises(ValueError, match="unknown model-based metric"):
-        model_based.resolve("bleurt")
 
 
 # --- runner API ----------------------------------------------------------------------------------
@@ -377,11 +372,10 @@ def test_label_only_writes_observation_columns(tmp_path, capsys, monkeypatch):
     assert got.loc["b", "pleural_effusion"] == "0" and got.loc["b", "cardiomegaly"] == ""
     assert (got.loc["c"] == "").all()
     rc, _, err = _run(capsys, "--label-only", src, "--text-col", "text", "--output", out_csv)
-    assert rc == 2 and "no column 'text' (--text-col); the columns are: id, report" in err
+    assert rc == 2 and "no column 'text' for the report text; the columns are: id, report (set it with --text-col)" in err
 
 
 def test_label_only_with_the_rule_labeler(tmp_path, capsys):
-    pytest.importorskip("cxrgen.metrics.labeler")
     src = tmp_path / "reports.csv"
     pd.DataFrame({"id": ["a"], "report": ["The heart is enlarged. There is no pleural effusion."]}).to_csv(src, index=False)
     out_csv = tmp_path / "labels.csv"
@@ -394,6 +388,8 @@ def test_label_only_with_the_rule_labeler(tmp_path, capsys):
 def test_help_is_helpful():
     out = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "-h"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for flag in ("--id-col", "--hyp-col", "--ref-col", "--compat", "--n-boot", "--seed", "--baseline", "--uncertain", "--label-only", "--text-col", "--output-dir", "--model-metrics"):
+    for flag in ("--id-col", "--hyp-col", "--ref-col", "--compat", "--n-boot", "--seed", "--baseline", "--uncertain", "--label-only", "--text-col", "--output-dir", "--model-metrics",
+                 "--significance", "--ar-trials", "--skip-unavailable", "--fetch-metric-models", "--html"):
         assert flag in out.stdout
     assert "shard-<i>-of-<n>.csv" in out.stdout
+    assert "radeval" in out.stdout and "ground_truth_report" in out.stdout

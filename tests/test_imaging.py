@@ -298,7 +298,18 @@ def test_content_decides_the_format(tmp_path):
     dicom_no_suffix = write_dicom(tmp_path / "IM0001", arr)
     assert detect_format(dicom_no_suffix) == "DICOM"
     assert np.array_equal(read(dicom_no_suffix), arr)
-    assert {".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".bmp"} <= set(SUPPORTED_SUFFIXES)
+    # every advertised suffix is one read_image really reads: write an image with it and read it back
+    writers = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+    for suffix in SUPPORTED_SUFFIXES:
+        path = tmp_path / f"suffix{suffix}"
+        if suffix in (".dcm", ".dicom"):
+            write_dicom(path, arr)
+        else:
+            assert suffix in writers, f"no writer for the advertised suffix {suffix}"
+            save_pil(path, Image.fromarray(arr), writers[suffix])
+        got = read(path)
+        tol = 8 if writers.get(suffix) == "JPEG" else 0  # JPEG is lossy
+        assert got.shape == arr.shape and np.abs(got.astype(int) - arr).max() <= tol, suffix
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cxrgen.metrics import bleu, bootstrap, cider, rouge
-from cxrgen.metrics.signature import make_signature
+from cxrgen.metrics.signature import parse_signature
 from cxrgen.metrics.suite import score_texts
 from cxrgen.metrics.tokenize import clean_pycoco, tokenize_cxr, tokenize_pycoco
 
@@ -207,13 +207,38 @@ def test_percentile_interval_and_paired_test_by_hand():
     assert t["p_value"] == pytest.approx(1 / 100)
 
 
-def test_signature_names_every_setting():
-    sig = make_signature(compat=None, n_boot=1000, seed=0, meteor_version=None, labeler_version="rules-1", uncertain="positive")
-    fields = dict(f.split(":", 1) for f in sig.split("|"))
-    assert fields["tok"] == "cxr-v1" and fields["case"] == "lc" and fields["boot"] == "1000" and fields["seed"] == "0"
-    assert fields["bleu"] == "corpus+sent:exp-eff" and fields["rouge"] == "lcs-f1" and fields["meteor"] == "none"
-    assert fields["clin"] == "rules-1+unc:pos"
-    assert "version" in fields
-    compat = make_signature(compat="pycocoevalcap", n_boot=200, seed=5, meteor_version=None, labeler_version=None, uncertain=None)
-    cf = dict(f.split(":", 1) for f in compat.split("|"))
-    assert cf["tok"] == "pycoco-strip" and cf["rouge"] == "lcs-b1.2" and cf["boot"] == "200" and cf["clin"] == "none"
+def test_signature_changes_whenever_the_numbers_do():
+    import importlib.metadata
+
+    import pandas as pd
+
+    from cxrgen.evaluation import evaluate_frame
+
+    df = pd.DataFrame({
+        "id": ["a", "b", "c", "d"],
+        "generated_report": ["Possible small effusion. Heart normal.", "Lungs clear.", "Mild edema!", "No pneumothorax"],
+        "reference": ["Small pleural effusion.", "The lungs are clear.", "Mild pulmonary edema.", "No pneumothorax."],
+    })
+
+    def run(**kw):
+        ev = evaluate_frame(df, name="x", n_boot=20, **kw)
+        values = {**ev.summary["metrics"], **ev.summary.get("clinical", {}).get("metrics", {})}
+        return parse_signature(ev.signature), {k: v["value"] for k, v in values.items()}
+
+    base_sig, base_vals = run()
+    assert run() == (base_sig, base_vals)
+    for kw in ({"compat": "pycocoevalcap"}, {"compat": "radeval"}, {"uncertain": "negative"}, {"clinical": False}):
+        sig, vals = run(**kw)
+        changed = [k for k in base_vals if k in vals and abs(vals[k] - base_vals[k]) > 1e-12] + sorted(set(base_vals) ^ set(vals))
+        assert changed, kw  # the setting changes numbers ...
+        assert sig != base_sig, kw  # ... so it must change the signature
+    # the fields that only affect intervals follow the settings; the rest stays
+    sig, vals = run(seed=7)
+    assert sig["seed"] == "7" and {k: v for k, v in sig.items() if k != "seed"} == {k: v for k, v in base_sig.items() if k != "seed"}
+    assert base_sig["boot"] == "20"
+    # every metric that ran has a component, in registry order, text metrics before the interval fields
+    names = list(base_sig)
+    assert names.index("bleu") < names.index("rouge") < names.index("cider") < names.index("ci") < names.index("clin")
+    # RadEval mode names the rouge-score release that computed its ROUGE
+    radeval_sig, _ = run(compat="radeval")
+    assert importlib.metadata.version("rouge-score") in radeval_sig["rouge"] and "cider" not in radeval_sig

@@ -32,6 +32,12 @@ with ``g_k > 0`` take part (``N' = min(N, c)``); walking k = 1..N', a zero match
 is replaced by the precision ``1 / (2**z * g_k)`` where ``z`` counts the zero-match orders seen so
 far (1 for the first, 2 for the second, ...). ``BLEU = BP * exp(sum log p_k / N')`` with the
 sentence's own brevity penalty; an empty hypothesis scores 0.
+
+Modes (:class:`Bleu`, the registered metric): default ``corpus`` arithmetic on ``cxr-v1`` tokens
+with ``exp``-smoothed sentence BLEU per sample; ``--compat pycocoevalcap`` the ``pycoco``
+arithmetic (corpus and per sample) on cleaned tokens; ``--compat radeval`` the same ``pycoco``
+arithmetic on the raw text split on whitespace, which is RadEval's BLEU (its ``bleu`` key is
+BLEU-4; ``bleu_1``..``bleu_3`` are its detailed keys).
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+
+from cxrgen.metrics.base import Column, Computed, Context, Metric
+from cxrgen.metrics.tokenize import tokenizer_for
 
 MAX_N = 4
 STAT_NAMES = ("m1", "m2", "m3", "m4", "g1", "g2", "g3", "g4", "hyp_len", "ref_len")
@@ -119,3 +128,64 @@ def sentence_bleu_exp(stats: np.ndarray, order: int) -> np.ndarray:
         bp = np.where(c > r, 1.0, np.exp(1 - r / np.where(c > 0, c, 1.0)))
         score = bp * np.exp(log_sum / np.maximum(n_used, 1))
     return np.where(c > 0, score, 0.0)
+
+
+def tokens(ctx: Context) -> tuple[list[list[str]], list[list[str]]]:
+    """The hypothesis and reference tokens of the context's mode (computed once per context)."""
+
+    def run():
+        tok = tokenizer_for(ctx.compat)
+        return [tok(h) for h in ctx.hyps], [tok(r) for r in ctx.refs]
+
+    return ctx.shared("tokens", run)
+
+
+def counts(ctx: Context) -> tuple[list[list[Counter]], list[list[Counter]]]:
+    """Per-order n-gram Counters of the context's tokens (computed once per context)."""
+
+    def run():
+        h, r = tokens(ctx)
+        return [ngram_counts(t) for t in h], [ngram_counts(t) for t in r]
+
+    return ctx.shared("ngram_counts", run)
+
+
+class Bleu(Metric):
+    """BLEU-1..4 (module docstring), in every mode."""
+
+    name = "bleu"
+    keys = tuple(f"bleu_{k}" for k in range(1, MAX_N + 1))
+    labels = {f"bleu_{k}": f"BLEU-{k}" for k in range(1, MAX_N + 1)}
+    columns = tuple(Column(f"bleu_{k}", f"BLEU-{k}") for k in range(1, MAX_N + 1)) + (
+        Column("hyp_tokens", "tokens", kind="extra"),
+        Column("ref_tokens", "reference tokens", kind="data"),
+    )
+    modes = (None, "pycocoevalcap", "radeval")
+
+    def compute(self, ctx: Context) -> Computed:
+        h_tok, r_tok = tokens(ctx)
+        h_counts, r_counts = counts(ctx)
+        rows = [bleu_stats_row(hc, rc, len(h), len(r)) for hc, rc, h, r in zip(h_counts, r_counts, h_tok, r_tok)]
+        stats = np.asarray(rows, dtype=np.float64).reshape(ctx.n, N_STATS)
+        per_sample = {"hyp_tokens": stats[:, 2 * MAX_N].astype(int), "ref_tokens": stats[:, 2 * MAX_N + 1].astype(int)}
+        for k in range(1, MAX_N + 1):
+            if ctx.compat is None:
+                per_sample[f"bleu_{k}"] = sentence_bleu_exp(stats, k)
+            else:
+                per_sample[f"bleu_{k}"] = corpus_bleu(stats, k, "pycoco")
+        return Computed(stats=stats, per_sample=per_sample)
+
+    def aggregate(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"bleu_{k}": corpus_bleu(sums, k, self._variant) for k in range(1, MAX_N + 1)}
+
+    def signature(self, ctx: Context, available: bool) -> str:
+        return "bleu:corpus+sent:exp-eff" if ctx.compat is None else "bleu:pycoco+sent:pycoco"
+
+    # The corpus arithmetic is the only mode-dependent part of ``aggregate``; it is fixed per
+    # instance by :func:`for_mode` so that ``aggregate`` takes sums alone.
+    _variant = "corpus"
+
+    def for_mode(self, compat: str | None) -> "Bleu":
+        other = Bleu()
+        other._variant = "corpus" if compat is None else "pycoco"
+        return other

@@ -27,6 +27,8 @@ from collections import Counter
 
 import numpy as np
 
+from cxrgen.metrics.base import Column, Context, MeanMetric
+
 SIGMA = 6.0
 
 
@@ -79,3 +81,23 @@ def cider_d_scores(
             total += val * penalty
         out[i] = 10.0 * total / len(hyp_counts[i])
     return out
+
+
+class CiderD(MeanMetric):
+    """CIDEr-D (module docstring) on the mode's tokens; not part of RadEval mode."""
+
+    name = "cider"
+    keys = ("cider_d",)
+    labels = {"cider_d": "CIDEr-D"}
+    columns = (Column("cider_d", "CIDEr-D", scale=10.0),)
+    modes = (None, "pycocoevalcap")
+
+    def values(self, ctx: Context) -> np.ndarray:
+        from cxrgen.metrics.bleu import counts, tokens
+
+        h_tok, r_tok = tokens(ctx)
+        h_counts, r_counts = counts(ctx)
+        return cider_d_scores(h_counts, r_counts, [len(t) for t in h_tok], [len(t) for t in r_tok])
+
+    def signature(self, ctx: Context, available: bool) -> str:
+        return "cider:d-s6-df:refs"

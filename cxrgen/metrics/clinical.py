@@ -40,6 +40,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cxrgen.metrics.base import Column, Computed, Context, Metric
+
 COLUMNS = (
     "no_finding",
     "enlarged_cardiomediastinum",
@@ -164,3 +166,113 @@ def labeler_version() -> str:
     from cxrgen.metrics import labeler
 
     return str(labeler.LABELER_VERSION)
+
+
+_POLICY_SHORT = {"positive": "pos", "negative": "neg", "exclude": "excl"}
+
+
+def observation_keys() -> list[str]:
+    """Names of the per-observation values, ``obs:<observation>:<precision|recall|f1>``."""
+    return [f"obs:{col}:{stat}" for col in COLUMNS for stat in STATS]
+
+
+def values_from_outcome_sums(sums: np.ndarray) -> dict[str, np.ndarray]:
+    """Every clinical value (:func:`metric_keys` and :func:`observation_keys`; a per-observation
+    value is NaN where the observation is never positive) from outcome sums ``(..., 56)``."""
+    sums = np.asarray(sums, dtype=np.float64)
+    grid = sums.reshape(*sums.shape[:-1], len(COLUMNS), 4)
+    out = set_metrics(grid)
+    per = per_observation(grid)
+    for j, col in enumerate(COLUMNS):
+        for stat in STATS:
+            out[f"obs:{col}:{stat}"] = np.where(per["defined"][..., j], per[stat][..., j], np.nan)
+    return out
+
+
+def labels_string(codes: np.ndarray) -> list[str]:
+    """Label codes ``(n, 14)`` as ``per_sample.csv`` writes them: ``col:1;col:-1`` (not mentioned
+    left out)."""
+    return [";".join(f"{c}:{int(v)}" for c, v in zip(COLUMNS, row) if v != NOT_MENTIONED) for row in codes]
+
+
+def observation_table(sums: np.ndarray, point: dict, boot: dict | None, entry) -> dict:
+    """The per-observation block of a summary: precision, recall, F1 (with intervals; None where
+    undefined) and the counts of each observation, from outcome sums ``(56,)``."""
+    grid = np.asarray(sums).reshape(len(COLUMNS), 4)
+    defined = per_observation(grid)["defined"]
+    table = {}
+    for j, col in enumerate(COLUMNS):
+        row = {}
+        for stat in STATS:
+            key = f"obs:{col}:{stat}"
+            row[stat] = entry(point[key], boot[key] if boot else None) if defined[j] else None
+        row["tp"], row["fp"], row["fn"], row["tn"] = (int(x) for x in grid[j])
+        row["ref_positive"] = int(grid[j, 0] + grid[j, 2])
+        row["hyp_positive"] = int(grid[j, 0] + grid[j, 1])
+        row["n_judged"] = int(grid[j].sum())
+        table[col] = row
+    return table
+
+
+class Clinical(Metric):
+    """CheXpert-label precision, recall and F1 (module docstring) from the labeler's labels of
+    both texts; the references are labelled once for all systems of a comparison."""
+
+    name = "clinical"
+    keys = tuple(metric_keys())
+    group = "clinical"
+    columns = (
+        Column("ce_agreement", "label agreement"),
+        Column("ce_fp", "false-positive findings", kind="extra", higher_is_better=False),
+        Column("ce_fn", "missed findings", kind="extra", higher_is_better=False),
+        Column("ce_tp", "true-positive findings", kind="data"),
+        Column("ce_tn", "true-negative findings", kind="data"),
+    )
+    modes = (None, "pycocoevalcap", "radeval")
+
+    def unavailable(self, ctx: Context) -> str | None:
+        if not ctx.clinical:
+            return "disabled"
+        if ctx.uncertain not in POLICIES:
+            return f"unknown uncertain policy {ctx.uncertain!r}"
+        try:
+            self._version(ctx)
+        except ImportError as exc:
+            return f"the CheXpert labeler could not be imported ({exc})"
+        return None
+
+    def _version(self, ctx: Context) -> str:
+        if ctx.label_reports is None:
+            return labeler_version()
+        return str(getattr(ctx.label_reports, "LABELER_VERSION", None) or getattr(ctx.label_reports, "__name__", "custom"))
+
+    def compute(self, ctx: Context) -> Computed:
+        ref_labels = ctx.shared_refs("clinical_labels", lambda: label_texts(list(ctx.refs), ctx.label_reports))
+        hyp_labels = label_texts(list(ctx.hyps), ctx.label_reports)
+        hc = label_codes(hyp_labels, "generated-report labels")
+        rc = label_codes(ref_labels, "reference labels")
+        outcomes = outcome_counts(hc, rc, ctx.uncertain)  # (n, 14, 4)
+        totals = outcomes.sum(axis=1)
+        per_sample = {f"ce_{name}": totals[:, k] for k, name in enumerate(OUTCOMES)}
+        judged = totals.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_sample["ce_agreement"] = np.where(judged > 0, (totals[:, 0] + totals[:, 3]) / judged, np.nan)
+        return Computed(stats=outcomes.reshape(ctx.n, len(COLUMNS) * 4), per_sample=per_sample,
+                        hyp_labels=hc, ref_labels=rc)
+
+    def aggregate(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        return values_from_outcome_sums(sums)
+
+    def signature(self, ctx: Context, available: bool) -> str:
+        if not available:
+            return "clin:none"
+        return f"clin:{self._version(ctx)}+unc:{_POLICY_SHORT.get(ctx.uncertain, ctx.uncertain)}"
+
+    def summary_block(self, keys, point, boot, stats, entry, ctx) -> dict:
+        return {
+            "labeler": self._version(ctx),
+            "uncertain": ctx.uncertain,
+            "sets": {k: list(v) for k, v in OBSERVATION_SETS.items()},
+            "metrics": {k: entry(point[k], boot[k] if boot else None) for k in keys},
+            "per_observation": observation_table(stats.sum(axis=0), point, boot, entry),
+        }

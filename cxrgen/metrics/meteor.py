@@ -17,6 +17,8 @@ import functools
 
 import numpy as np
 
+from cxrgen.metrics.base import Column, Context, MeanMetric
+
 INSTALL_HINT = "python -m nltk.downloader wordnet"
 
 
@@ -61,3 +63,30 @@ def meteor_scores(hyps: list[list[str]], refs: list[list[str]]) -> np.ndarray:
         if h and r:
             out[i] = single_meteor_score(r, h)
     return out
+
+
+class Meteor(MeanMetric):
+    """NLTK's METEOR on the default tokens, when its WordNet data are installed."""
+
+    name = "meteor"
+    keys = ("meteor",)
+    labels = {"meteor": "METEOR"}
+    columns = (Column("meteor", "METEOR"),)
+    modes = (None, "pycocoevalcap")
+
+    def unavailable(self, ctx: Context) -> str | None:
+        if ctx.compat:
+            return f"not part of the {ctx.compat} compatibility mode"
+        if not ctx.use_meteor:
+            return "disabled"
+        ok, why = meteor_availability()
+        return None if ok else why
+
+    def values(self, ctx: Context) -> np.ndarray:
+        from cxrgen.metrics.bleu import tokens
+
+        h, r = tokens(ctx)
+        return meteor_scores(h, r)
+
+    def signature(self, ctx: Context, available: bool) -> str:
+        return f"meteor:nltk-{nltk_version()}" if available else "meteor:none"

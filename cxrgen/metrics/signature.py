@@ -1,75 +1,65 @@
 """The evaluation signature: one short string that fixes how every number of a summary was computed.
 
 Modelled on sacrebleu's signatures: ``key:value`` fields joined by ``|``. Two summaries are
-comparable when their signatures are equal (the ``boot`` and ``seed`` fields only affect the
-intervals). Fields:
+comparable when their signatures are equal (``boot``, ``seed`` and ``ar`` only affect intervals
+and p-values). The fields are assembled from the metrics that took part
+(:mod:`cxrgen.metrics.registry`), each of which contributes its own component:
 
 =========  ==================================================================================
 nrefs      references per sample (always 1)
-tok        tokenizer: ``cxr-v1`` (default) or ``pycoco-strip`` (``--compat pycocoevalcap``)
-case       ``lc``: everything is lower-cased
+tok        tokenizer: ``cxr-v1`` (default), ``pycoco-strip`` (pycocoevalcap mode), ``ws-split``
+           (RadEval mode: whitespace split of the raw text, BLEU's tokens)
+case       ``lc``: everything is lower-cased; ``kept``: case kept (RadEval mode's BLEU)
 deid       how de-identification placeholders are handled (``xxxx``: ``XXXX`` and ``___`` are one
-           token ``xxxx``; ``none``: no special rule, ``XXXX`` is lower-cased like any word)
-bleu       ``corpus`` (no smoothing) or ``pycoco`` (pycocoevalcap's epsilons), then ``sent:`` the
-           per-sample variant (``exp-eff``: exp smoothing, effective order; ``pycoco``)
-rouge      ``lcs-f1`` (rouge-score's rougeL F-measure) or ``lcs-b1.2`` (pycocoevalcap)
-cider      ``d-s6``: CIDEr-D, sigma 6, document frequencies from the evaluated references
-           (``df:refs``, fixed in the bootstrap)
-meteor     ``nltk-<version>`` or ``none``
+           token ``xxxx``; ``none``: no special rule)
+...        one component per text metric of the mode, in registry order, e.g. ``bleu``
+           (``corpus`` or ``pycoco`` arithmetic, then ``sent:`` the per-sample variant),
+           ``rouge`` (``lcs-f1``, ``lcs-b1.2`` or ``rouge-score-<version>+...``), ``cider``
+           (``d-s6-df:refs``), ``meteor`` (``nltk-<version>`` or ``none``)
 ci         interval method (``pct95``: 95% percentile bootstrap)
 boot/seed  bootstrap resamples and seed
-clin       ``<labeler version>`` and ``unc:<policy>`` of the clinical metrics, or ``none``
+ar         approximate-randomization trials, when the p-values come from that test
+...        the clinical component ``clin`` (``<labeler version>+unc:<policy>``, or ``none``), then
+           one component per model-based metric (``<name>:<package and scorer>``)
 version    cxrgen version
 =========  ==================================================================================
 """
 
 from __future__ import annotations
 
-import cxrgen
+from typing import Sequence
 
-_POLICY_SHORT = {"positive": "pos", "negative": "neg", "exclude": "excl"}
+import cxrgen
+from cxrgen.metrics.tokenize import MODE_FIELDS
 
 
 def make_signature(
+    components: Sequence[tuple[str, str]],
     *,
     compat: str | None,
     n_boot: int,
     seed: int,
-    meteor_version: str | None,
-    labeler_version: str | None,
-    uncertain: str | None,
-    model_metrics: tuple[str, ...] = (),
+    ar_trials: int | None = None,
 ) -> str:
-    """The signature string for one evaluation configuration (fields in the module docstring)."""
-    if compat is None:
-        fields = [
-            "nrefs:1",
-            "tok:cxr-v1",
-            "case:lc",
-            "deid:xxxx",
-            "bleu:corpus+sent:exp-eff",
-            "rouge:lcs-f1",
-            "cider:d-s6-df:refs",
-        ]
-    elif compat == "pycocoevalcap":
-        fields = [
-            "nrefs:1",
-            "tok:pycoco-strip",
-            "case:lc",
-            "deid:none",
-            "bleu:pycoco+sent:pycoco",
-            "rouge:lcs-b1.2",
-            "cider:d-s6-df:refs",
-        ]
-    else:
+    """The signature from the ``(group, component)`` pairs of the metrics, in registry order:
+    the mode's fields, the text metrics' components, the interval settings, then the other
+    components (fields in the module docstring)."""
+    if compat not in MODE_FIELDS:
         raise ValueError(f"unknown compatibility mode {compat!r}")
-    fields.append(f"meteor:nltk-{meteor_version}" if meteor_version else "meteor:none")
+    fields = list(MODE_FIELDS[compat])
+    fields += [c for g, c in components if g == "text" and c]
     fields += ["ci:pct95", f"boot:{n_boot}", f"seed:{seed}"]
-    if labeler_version is not None and uncertain is not None:
-        fields.append(f"clin:{labeler_version}+unc:{_POLICY_SHORT.get(uncertain, uncertain)}")
-    else:
-        fields.append("clin:none")
-    if model_metrics:
-        fields.append("model:" + ",".join(model_metrics))
+    if ar_trials is not None:
+        fields.append(f"ar:{ar_trials}")
+    fields += [c for g, c in components if g != "text" and c]
     fields.append(f"version:{cxrgen.__version__}")
     return "|".join(fields)
+
+
+def parse_signature(signature: str) -> dict[str, str]:
+    """The fields of a signature as a dict (``key`` -> ``value``)."""
+    out = {}
+    for f in signature.split("|"):
+        key, _, value = f.partition(":")
+        out[key] = value
+    return out

@@ -28,6 +28,13 @@ Compatibility, ``pycoco-strip`` (:func:`clean_pycoco`), used by ``--compat pycoc
 The cleaned string is then split on spaces by the pycocoevalcap-compatible scorers. On text that is
 already lower case, free of those punctuation characters and single-spaced without leading or
 trailing spaces, :func:`clean_pycoco` returns its input unchanged.
+
+RadEval-compatible, ``ws-split`` (:func:`tokenize_whitespace`), used by ``--compat radeval`` for BLEU:
+the raw text split on whitespace (``str.split``), case and punctuation kept (``lungs.`` and ``Lungs``
+are different tokens), which is what RadEval passes to its copy of pycocoevalcap's BLEU scorer.
+RadEval's ROUGE uses rouge-score's own tokenizer (see :mod:`cxrgen.metrics.rouge`).
+
+Each mode's tokenizer fields of the signature are in :data:`MODE_FIELDS`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ import unicodedata
 
 DEFAULT_TOKENIZER = "cxr-v1"
 COMPAT_TOKENIZER = "pycoco-strip"
+COMPAT_MODES = ("pycocoevalcap", "radeval")
+# Signature fields of each mode: references per sample, tokenizer, case, de-identification rule.
+MODE_FIELDS: dict[str | None, tuple[str, ...]] = {
+    None: ("nrefs:1", "tok:cxr-v1", "case:lc", "deid:xxxx"),
+    "pycocoevalcap": ("nrefs:1", "tok:pycoco-strip", "case:lc", "deid:none"),
+    "radeval": ("nrefs:1", "tok:ws-split", "case:kept", "deid:none"),
+}
 DEID_TOKEN = "xxxx"
 
 _DEID_X = re.compile(r"(?<![^\W_])x{3,}(?![^\W_])")
@@ -68,3 +82,19 @@ def clean_pycoco(text: str) -> str:
 def tokenize_pycoco(text: str) -> list[str]:
     """Tokens of ``text`` in compatibility mode: :func:`clean_pycoco` then split on spaces."""
     return clean_pycoco(text).split()
+
+
+def tokenize_whitespace(text: str) -> list[str]:
+    """Tokens of ``text`` in RadEval mode: the raw text split on whitespace."""
+    return text.split() if text else []
+
+
+def tokenizer_for(compat: str | None):
+    """The tokenizer of a mode (``None`` default, ``"pycocoevalcap"``, ``"radeval"``)."""
+    if compat is None:
+        return tokenize_cxr
+    if compat == "pycocoevalcap":
+        return tokenize_pycoco
+    if compat == "radeval":
+        return tokenize_whitespace
+    raise ValueError(f"unknown compatibility mode {compat!r}; known: {', '.join(COMPAT_MODES)}")

@@ -4,10 +4,12 @@
 system, rows keyed by study id) and the evaluation summary (the ``summary.json`` dict) into a
 single HTML file that needs no server and no network:
 
-* **Summary**: the signature, per system the row counts (scored, ok, empty, error, empty
-  reference, not shared) and every metric with its 95% interval formatted exactly as in
-  ``summary.md`` (``0.1235 [0.1000, 0.1500]``), the difference to the baseline with its p-value,
-  and one-click links to each system's worst studies.
+* **Summary**: the signature, any warning of the evaluation (e.g. too few shared studies), per
+  system the row counts (scored, ok, empty, error, empty reference, not shared) and every metric
+  with its 95% interval, formatted by the same functions as ``summary.md``
+  (:mod:`cxrgen.evaluation.tables`: ``0.1235 [0.1000, 0.1500]``), the difference to the baseline
+  with its p-value, and one-click links to each system's worst studies. The metrics, their order,
+  names and directions come from the metric registry (:mod:`cxrgen.metrics.registry`).
 * **Plots** (matplotlib, embedded PNG): per-sample score distributions per system and metric,
   per-observation clinical F1 with intervals, and the paired differences against the baseline.
 * **Study browser**: per study the X-ray thumbnail, the reference, every system's generated report
@@ -45,35 +47,31 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from cxrgen.evaluation import is_empty_text as _is_empty
-from cxrgen.evaluation import text_or_empty as _text
+from cxrgen.evaluation import tables
+from cxrgen.evaluation.common import duplicated_ids, is_empty_text as _is_empty, text_or_empty as _text
 from cxrgen.imaging import ImageReadError, read_image
-from cxrgen.metrics import labeler
+from cxrgen.metrics import labeler, registry
 from cxrgen.report import plots
 
 DEFAULT_PAGE_SIZE = 50
 
-# Per-sample columns shown and sortable, in this order, when present in a system's rows.
-SCORE_ORDER = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "meteor", "ce_agreement")
-# Columns after the scores and any model-based metric: clinical error counts, lengths, timing.
-EXTRA_ORDER = ("ce_fp", "ce_fn", "hyp_tokens", "n_new_tokens", "seconds")
-LABELS = {
-    "bleu_1": "BLEU-1",
-    "bleu_2": "BLEU-2",
-    "bleu_3": "BLEU-3",
-    "bleu_4": "BLEU-4",
-    "rouge_l": "ROUGE-L",
-    "cider_d": "CIDEr-D",
-    "meteor": "METEOR",
-    "ce_agreement": "label agreement",
-    "ce_fp": "false-positive findings",
-    "ce_fn": "missed findings",
-    "hyp_tokens": "tokens",
-    "n_new_tokens": "new tokens",
-    "seconds": "seconds",
-}
-# Scores where a low value is bad; "worst first" sorts these ascending, the others descending.
-HIGHER_IS_WORSE = ("ce_fp", "ce_fn")
+# Columns of the run itself shown after the metrics' columns: generation length and timing.
+RUN_COLUMNS = (("n_new_tokens", "new tokens"), ("seconds", "seconds"))
+
+
+def score_columns() -> tuple[list[str], list[str], dict[str, str], set[str]]:
+    """From the registry: per-sample score columns (shown, sortable, plotted), extra columns
+    (counts, lengths, timing: shown and sortable), display names, and the columns where a higher
+    value is worse."""
+    cols = registry.columns()
+    scores = [c.key for c in cols if c.kind == "score"]
+    extra = [c.key for c in cols if c.kind == "extra"] + [k for k, _ in RUN_COLUMNS]
+    labels = {c.key: c.label for c in cols}
+    labels.update(dict(RUN_COLUMNS))
+    worse = {c.key for c in cols if not c.higher_is_better}
+    return scores, extra, labels, worse
+
+
 LABEL_CODE = {1: "P", 0: "N", -1: "U", None: "."}
 _CODE_OF_VALUE = {"1": "P", "0": "N", "-1": "U"}
 
@@ -127,10 +125,9 @@ def _check_frame(name: str, df: pd.DataFrame, cols: Sequence[str]) -> None:
     if (ids == "").any():
         where = [str(i) for i in df.index[ids == ""][:5]]
         raise ResultsPageError(f"system {name!r}: empty id in column {cols[0]!r} at row(s) {', '.join(where)}")
-    dup = ids[ids.duplicated(keep=False)]
-    if len(dup):
-        uniq = list(dict.fromkeys(dup))
-        raise ResultsPageError(f"system {name!r}: duplicate ids in column {cols[0]!r}: {', '.join(uniq[:10])}")
+    dup = duplicated_ids(ids)
+    if dup:
+        raise ResultsPageError(f"system {name!r}: duplicate ids in column {cols[0]!r}: {dup}")
 
 
 def _status(row: Mapping, hyp_col: str, status_col: str | None) -> str:
@@ -176,13 +173,11 @@ def _number(v) -> float | None:
 
 
 def _score_keys(frames: Mapping[str, pd.DataFrame], summary: Mapping) -> list[str]:
-    model_keys = []
-    for s in (summary.get("systems") or {}).values():
-        for k in s.get("metrics", {}):
-            if k not in SCORE_ORDER and k not in model_keys:
-                model_keys.append(k)
+    scores, extra, _, _ = score_columns()
+    # Metrics of the summary that have no per-sample column in the registry (model-based metrics).
+    model_keys = [k for k, _ in tables.metric_keys(summary) if k not in scores and k not in extra]
     keys = []
-    for k in list(SCORE_ORDER) + model_keys + list(EXTRA_ORDER):
+    for k in scores + model_keys + extra:
         for df in frames.values():
             if k in df.columns and pd.to_numeric(df[k], errors="coerce").notna().any():
                 keys.append(k)
@@ -383,11 +378,12 @@ def page_data(
             per_sys.append(item)
         entry["s"] = per_sys
         out_studies.append(entry)
+    _, extra, labels, worse = score_columns()
     return {
         "systems": order,
         "baseline": baseline,
         "scores": [
-            [k, LABELS.get(k, k), "high" if k in HIGHER_IS_WORSE else "low", "extra" if k in EXTRA_ORDER else "score"]
+            [k, labels.get(k) or registry.label(k), "high" if k in worse else "low", "extra" if k in extra else "score"]
             for k in keys
         ],
         "observations": [[c, o] for c, o in zip(labeler.COLUMNS, labeler.OBSERVATIONS)] if findings else [],
@@ -411,30 +407,7 @@ def json_for_script(data) -> str:
 # ------------------------------------------------------------------------------------------------
 # Summary block
 
-
-def fmt_value(v: float | None, digits: int = 4) -> str:
-    """A value as in ``summary.md``: 4 decimals, an em dash for none."""
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def fmt_entry(entry: Mapping | None) -> str:
-    """``{"value", "ci"}`` as in ``summary.md``: ``0.1235 [0.1000, 0.1500]``, no brackets without
-    an interval, an em dash for no entry."""
-    if entry is None:
-        return "—"
-    ci = entry.get("ci")
-    return fmt_value(entry.get("value")) + (f" [{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "")
-
-
-def fmt_p(p: float | None) -> str:
-    """A p-value as in ``summary.md``: 3 decimals, ``<0.001`` below that."""
-    if p is None:
-        return "—"
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
-
-
-def _metric_entry(sys_summary: Mapping, key: str) -> Mapping | None:
-    return (sys_summary.get("metrics") or {}).get(key) or ((sys_summary.get("clinical") or {}).get("metrics") or {}).get(key)
+fmt_value, fmt_entry, fmt_p = tables.fmt_value, tables.fmt_entry, tables.fmt_p
 
 
 def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict) -> tuple[str, str]:
@@ -442,6 +415,8 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
     e = html.escape
     sys_sum = summary.get("systems") or {}
     parts = []
+    for line in tables.warning_lines(summary):
+        parts.append(f'<p class="warning">{e(line)}</p>')
     if summary.get("signature"):
         parts.append(f'<p class="sig">Signature: <code id="signature">{e(str(summary["signature"]))}</code></p>')
 
@@ -469,25 +444,18 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
     top = "\n".join(parts)
     parts = []
     # Metrics, as summary.md's table.
-    keys: list[str] = []
-    for n in order:
-        s = sys_sum.get(n) or {}
-        for k in list(s.get("metrics") or {}) + list(((s.get("clinical") or {}).get("metrics")) or {}):
-            if k not in keys:
-                keys.append(k)
-    if keys:
+    keyed = tables.metric_keys(summary, order)
+    if keyed:
         comp = {(c.get("system"), c.get("metric")): c for c in summary.get("comparisons") or []}
         head = ["metric"]
         for n in order:
             head.append(n + (" (baseline)" if n == baseline and len(order) > 1 else ""))
             if n != baseline:
                 head.append(f"Δ {n} (p)")
-        clinical_keys = {
-            k for n in order for k in (((sys_sum.get(n) or {}).get("clinical") or {}).get("metrics") or {})
-        }
-        # Text metrics and the clinical F1s in view; clinical precision and recall one click away.
-        main = [k for k in keys if k not in clinical_keys or k.endswith("_f1")]
-        rest = [k for k in keys if k not in main]
+        # Metrics of the summary's own table and the F1s of blocks (clinical) in view; the blocks'
+        # precision and recall one click away.
+        main = [k for k, block in keyed if block is None or k.endswith("_f1")]
+        rest = [k for k, _ in keyed if k not in main]
 
         def table(ids: str, rows: list[str]) -> str:
             out = [f'<table class="metrics" id="{ids}"><thead><tr>'
@@ -495,12 +463,10 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
             for k in rows:
                 row = [f"<th>{e(k)}</th>"]
                 for n in order:
-                    entry = _metric_entry(sys_sum.get(n) or {}, k)
+                    entry = tables.entry(sys_sum.get(n) or {}, k)
                     row.append(f'<td data-system="{e(n)}">{e(fmt_entry(entry))}</td>')
                     if n != baseline:
-                        c = comp.get((n, k))
-                        txt = "—" if c is None else f"{c['diff']:+.4f} ({fmt_p(c.get('p_value'))})"
-                        row.append(f'<td class="diff">{e(txt)}</td>')
+                        row.append(f'<td class="diff">{e(tables.fmt_diff(comp.get((n, k))))}</td>')
                 out.append(f'<tr data-metric="{e(k)}">' + "".join(row) + "</tr>")
             return "".join(out) + "</tbody></table>"
 
@@ -508,42 +474,30 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
         if rest:
             parts.append('<details class="more-metrics"><summary>Clinical precision and recall</summary>'
                          + table("metrics-more", rest) + "</details>")
-    notes = []
-    if summary.get("interval_method"):
-        notes.append(f"intervals: {summary['interval_method']}")
-    if len(order) > 1 and summary.get("test_method"):
-        notes.append(f"p-values: {summary['test_method']}")
-    unavailable: dict = {}
-    for n in order:
-        unavailable.update((sys_sum.get(n) or {}).get("unavailable") or {})
-    notes += [f"{k}: unavailable — {why}" for k, why in unavailable.items()]
-    for n in order:
-        cl = (sys_sum.get(n) or {}).get("clinical")
-        if cl:
-            notes.append(f"clinical: labeler {cl.get('labeler')}, uncertain counted as {cl.get('uncertain')}")
-            break
+    notes = tables.note_lines(summary)
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{e(str(x))}</li>" for x in notes) + "</ul>")
 
     # One click to the worst studies.
     links = []
-    worst_keys = [k for k, _, _, _ in data["scores"] if k in SCORE_ORDER or k in HIGHER_IS_WORSE]
+    scores, _, labels, worse = score_columns()
+    worst_keys = [k for k, _, _, _ in data["scores"] if k in scores or k in worse]
     for n in order:
         items = []
         for k in worst_keys:
-            direction = "desc" if k in HIGHER_IS_WORSE else "asc"
+            direction = "desc" if k in worse else "asc"
             href = "#" + _fragment({"sort": k, "sys": n, "dir": direction})
-            items.append(f'<a class="worst" href="{e(href)}">{e(LABELS.get(k, k))}</a>')
+            items.append(f'<a class="worst" href="{e(href)}">{e(labels.get(k, k))}</a>')
         if items:
             links.append(f"<li>{e(n)}: " + " · ".join(items) + "</li>")
     if len(order) > 1:
         for n in order[1:]:
             items = []
             for k in worst_keys:
-                if k in HIGHER_IS_WORSE:
+                if k in worse:
                     continue
                 href = "#" + _fragment({"sort": k, "sys": n, "diff": "1", "dir": "asc"})
-                items.append(f'<a class="worst" href="{e(href)}">{e(LABELS.get(k, k))}</a>')
+                items.append(f'<a class="worst" href="{e(href)}">{e(labels.get(k, k))}</a>')
             if items:
                 links.append(f"<li>{e(n)} most below {e(baseline)}: " + " · ".join(items) + "</li>")
     if links:
@@ -582,7 +536,9 @@ def build_results_page(
     head, tables = _summary_html(summary, order, baseline, data)
     figs = {}
     if plots_enabled:
-        for fig in plots.summary_plots(systems, summary, order, [sc[0] for sc in data["scores"]], LABELS):
+        labels = {sc[0]: sc[1] for sc in data["scores"]}
+        plotted = [sc[0] for sc in data["scores"] if sc[3] == "score"]
+        for fig in plots.summary_plots(systems, summary, order, plotted, labels):
             figs[fig.name] = (
                 f'<figure class="plot" id="plot-{e(fig.name)}"><img alt="{e(fig.caption)}" src="{fig.data_uri}">'
                 f"<figcaption>{e(fig.caption)}</figcaption></figure>"

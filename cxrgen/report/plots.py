@@ -2,13 +2,15 @@
 
 Figures (each only when its data exist):
 
-* ``distributions``: per metric, a histogram of the per-study scores of every system (rows without
-  a score, e.g. generation errors, are left out).
+* ``distributions``: per per-study score (the registry's score columns, see
+  :mod:`cxrgen.metrics.registry`, and model-based metrics), a histogram of the scores of every
+  system (rows without a score, e.g. generation errors, are left out); the axis runs to the
+  score's usual range (1, or 10 for CIDEr-D).
 * ``observation-f1``: per CheXpert observation, each system's F1 with its 95% interval from the
   summary; observations with no positive in either report are marked "n/a".
-* ``differences``: for each system against the baseline, the difference of every text metric
-  (CIDEr-D excepted: its 0-10 scale is in the table) and of the clinical F1 averages, with the
-  paired bootstrap interval; a filled marker where the interval excludes 0.
+* ``differences``: for each system against the baseline, the difference of every metric on a 0-1
+  scale in the summary's own table (CIDEr-D excepted: its 0-10 scale is in the table) and of the
+  F1 averages, with the paired bootstrap interval; a filled marker where the interval excludes 0.
 
 No pyplot and no global backend switch: every figure is a ``matplotlib.figure.Figure`` printed
 through ``FigureCanvasAgg``, so drawing a page leaves matplotlib's state alone.
@@ -24,9 +26,17 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-DISTRIBUTION_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "meteor", "ce_agreement")
-DIFFERENCE_TEXT_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor")
+from cxrgen.metrics import registry
+
 DPI = 96
+
+
+def _scale(key: str) -> float:
+    """The usual upper end of a per-sample score or corpus key (the registry's column scale)."""
+    for c in registry.columns():
+        if c.key == key:
+            return c.scale
+    return 1.0
 
 
 @dataclass
@@ -61,8 +71,6 @@ def distributions(
 
     series: dict[str, list[np.ndarray]] = {}
     for k in keys:
-        if k not in DISTRIBUTION_KEYS:
-            continue
         vals = []
         for n in order:
             df = frames[n]
@@ -78,7 +86,7 @@ def distributions(
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = _colors(len(order))
     for ax, (k, vals) in zip(axes.flat, series.items()):
-        hi = 1.0 if k != "cider_d" else max(1.0, max((float(v.max()) for v in vals if len(v)), default=1.0))
+        hi = 1.0 if _scale(k) <= 1 else max(1.0, max((float(v.max()) for v in vals if len(v)), default=1.0))
         bins = np.linspace(0.0, hi, 21)
         for n, v, c in zip(order, vals, colors):
             if len(v):
@@ -158,8 +166,11 @@ def observation_f1(summary: Mapping, order: Sequence[str]) -> Plot | None:
 def differences(summary: Mapping, order: Sequence[str]) -> Plot | None:
     from matplotlib.figure import Figure
 
+    from cxrgen.evaluation import tables
+
+    own = {k for k, block in tables.metric_keys(summary, order) if block is None and _scale(k) <= 1}
     comps = [c for c in summary.get("comparisons") or [] if c.get("system") in order]
-    keep = [c for c in comps if c.get("metric") in DIFFERENCE_TEXT_KEYS or str(c.get("metric")).endswith("_f1")]
+    keep = [c for c in comps if c.get("metric") in own or str(c.get("metric")).endswith("_f1")]
     if not keep:
         return None
     metrics = list(dict.fromkeys(c["metric"] for c in keep))

@@ -1,0 +1,261 @@
+"""Scoring: one or more systems through the metrics, intervals, and comparisons with the baseline.
+
+Every system is scored on the studies all of them share (:mod:`cxrgen.evaluation.alignment`)
+by the metrics of the mode (:mod:`cxrgen.metrics.registry`, plus the model-based metrics asked
+for), and all of them are resampled with the same bootstrap draws, which makes the paired
+comparison against the baseline possible. p-values come from the paired bootstrap
+(:func:`cxrgen.metrics.bootstrap.paired_test`, the default) or the paired approximate
+randomization test (:mod:`cxrgen.metrics.significance`); both run on the per-sample sufficient
+statistics, never re-scoring text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from cxrgen.evaluation import summaries
+from cxrgen.evaluation.alignment import Prepared, align, prepare, restrict
+from cxrgen.evaluation.common import EvaluationInputError, MetricUnavailableError, log, text_or_empty, where
+from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, standardise
+from cxrgen.metrics import bootstrap, clinical, significance
+from cxrgen.metrics.base import Metric
+from cxrgen.metrics.signature import make_signature
+from cxrgen.metrics.suite import Scores, metrics_for, score_texts
+from cxrgen.metrics.tokenize import COMPAT_MODES
+
+SIGNIFICANCE_TESTS = ("bootstrap", "ar")
+
+
+@dataclass
+class Evaluation:
+    """One system's result: ``per_sample`` (indexed like the input's scored rows), ``summary`` (the
+    dict stored under ``summary.json["systems"][name]``) and the ``signature``."""
+
+    name: str
+    per_sample: pd.DataFrame
+    summary: dict
+    signature: str
+    scores: Scores | None = None
+
+
+@dataclass
+class Report:
+    """The evaluation of one or more systems, aligned, with comparisons against the baseline.
+    ``frames``: each system's rows with the runner's column names; ``metrics``: the metrics
+    computed, in order; ``warnings``: notes every output repeats (e.g. too few shared studies)."""
+
+    signature: str
+    systems: dict[str, Evaluation]
+    baseline: str
+    comparisons: list[dict]
+    alignment: dict | None
+    settings: dict
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary_dict(self) -> dict:
+        """The ``summary.json`` content."""
+        return summaries.summary_dict(self)
+
+
+def _model_names(model_metrics: Sequence[str] | str) -> list[str]:
+    if not model_metrics:
+        return []
+    from cxrgen.metrics import model_based
+
+    text = model_metrics if isinstance(model_metrics, str) else ",".join(model_metrics)
+    try:
+        return list(model_based.parse_names(text))
+    except ValueError as exc:
+        raise EvaluationInputError(str(exc)) from None
+
+
+def _check_models(names: list[str], skip_unavailable: bool) -> dict[str, str]:
+    if not names:
+        return {}
+    from cxrgen.metrics import model_based
+
+    reasons = dict(model_based.check_available(names))
+    if reasons and not skip_unavailable:
+        raise MetricUnavailableError("; ".join(f"{n}: {why}" for n, why in reasons.items()))
+    for n, why in reasons.items():
+        log.warning("%s: skipped, %s", n, why)
+    return reasons
+
+
+def evaluate_systems(
+    frames: dict[str, pd.DataFrame],
+    *,
+    baseline: str | None = None,
+    id_col: str | None = None,
+    hyp_col: str | None = None,
+    ref_col: str | None = None,
+    status_col: str | None = STATUS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    compat: str | None = None,
+    clinical_metrics: bool = True,
+    uncertain: str = "positive",
+    use_meteor: bool = True,
+    model_metrics: Sequence[str] | str = (),
+    skip_unavailable: bool = False,
+    significance_test: str = "bootstrap",
+    ar_trials: int = significance.DEFAULT_TRIALS,
+    label_reports: Callable[[list[str]], list[dict]] | None = None,
+) -> Report:
+    """Score every system in ``frames`` (name -> rows) on the studies they share and compare each
+    with ``baseline`` (default: the first).
+
+    Columns: ``id_col``, ``hyp_col``, ``ref_col`` name them; None finds them by their common names
+    (:func:`cxrgen.evaluation.inputs.resolve_columns`), per system. ``significance_test``:
+    ``"bootstrap"`` or ``"ar"`` (``ar_trials`` trials). A model-based metric that cannot run is an
+    error (:class:`MetricUnavailableError`) unless ``skip_unavailable``."""
+    if not frames:
+        raise EvaluationInputError("no results to evaluate")
+    if n_boot < 0:
+        raise EvaluationInputError(f"the number of bootstrap resamples must be 0 or more, not {n_boot}")
+    if uncertain not in clinical.POLICIES:
+        raise EvaluationInputError(f"the uncertain policy must be one of {', '.join(clinical.POLICIES)}, not {uncertain!r}")
+    if compat is not None and compat not in COMPAT_MODES:
+        raise EvaluationInputError(f"unknown compatibility mode {compat!r}; known: {', '.join(COMPAT_MODES)}")
+    if significance_test not in SIGNIFICANCE_TESTS:
+        raise EvaluationInputError(f"unknown significance test {significance_test!r}; known: {', '.join(SIGNIFICANCE_TESTS)}")
+    if significance_test == "ar" and ar_trials <= 0:
+        raise EvaluationInputError(f"the number of randomization trials must be positive, not {ar_trials}")
+    names = list(frames)
+    baseline = baseline or names[0]
+    if baseline not in frames:
+        raise EvaluationInputError(f"baseline {baseline!r} is not one of the systems: {', '.join(names)}")
+    order = [baseline] + [n for n in names if n != baseline]
+    model_names = _model_names(model_metrics)
+    skipped = _check_models(model_names, skip_unavailable)
+
+    standard: dict[str, pd.DataFrame] = {}
+    for n in order:
+        cols = resolve_columns(frames[n], id_col, hyp_col, ref_col, status_col)
+        standard[n] = standardise(frames[n], cols)
+    prepared: dict[str, Prepared] = {n: prepare(standard[n], n) for n in order}
+    for p in prepared.values():
+        if not p.ids:
+            raise EvaluationInputError(
+                f"{where(standard[p.name])}: no row can be scored ({p.n_rows} rows, "
+                f"{len(p.excluded['error'])} with status error, {len(p.excluded['empty_reference'])} with an empty reference)"
+            )
+    alignment = None
+    if len(order) > 1:
+        shared, dropped = align([prepared[n] for n in order])
+        if not shared:
+            raise EvaluationInputError(f"the systems {', '.join(order)} share no scorable study id")
+        alignment = {"n_shared": len(shared), "dropped": dropped}
+        for n in order:
+            restrict(prepared[n], shared, dropped[n]["ids"])
+
+    metric_list = metrics_for(compat, model_names)
+    ref_cache: dict = {}
+    scores: dict[str, Scores] = {}
+    for n in order:
+        p = prepared[n]
+        scores[n] = score_texts(
+            [text_or_empty(v) for v in p.frame[HYP]],
+            [text_or_empty(v) for v in p.frame[REF]],
+            compat=compat, clinical_metrics=clinical_metrics, uncertain=uncertain, use_meteor=use_meteor,
+            label_reports=label_reports, metrics=metric_list, ref_cache=ref_cache, skip=list(skipped),
+        )
+        for name, why in skipped.items():
+            scores[n].unavailable[name] = why
+    base_scores = scores[baseline]
+    signature = make_signature(
+        base_scores.components, compat=compat, n_boot=n_boot, seed=seed,
+        ar_trials=ar_trials if significance_test == "ar" and len(order) > 1 else None,
+    )
+
+    if n_boot > 0:
+        sums = bootstrap.resampled_sums([scores[n].stats for n in order], n_boot, seed)
+        boot_values = {n: scores[n].from_sums(s) for n, s in zip(order, sums)}
+    else:
+        boot_values = {n: None for n in order}
+    points = {n: scores[n].point() for n in order}
+
+    evaluations = {}
+    for n in order:
+        p, s = prepared[n], scores[n]
+        summary = summaries.system_summary(p, s, points[n], boot_values[n])
+        evaluations[n] = Evaluation(name=n, per_sample=summaries.per_sample_frame(p, s), summary=summary,
+                                    signature=signature, scores=s)
+
+    comparisons = []
+    warnings = []
+    for n in order[1:]:
+        comparisons += _compare(n, baseline, scores, points, boot_values, significance_test, ar_trials, seed)
+    if len(order) > 1 and base_scores.n < significance.MIN_STUDIES:
+        warnings.append(
+            f"the systems share only {base_scores.n} studies (fewer than {significance.MIN_STUDIES}): "
+            "p-values and intervals from so few studies are unreliable"
+        )
+        log.warning("%s", warnings[-1])
+    settings = {
+        "id_col": id_col, "hyp_col": hyp_col, "ref_col": ref_col, "status_col": status_col,
+        "n_boot": n_boot, "seed": seed, "compat": compat,
+        "clinical": "clinical" in base_scores.cols, "uncertain": uncertain if "clinical" in base_scores.cols else None,
+        "model_metrics": model_names, "significance": significance_test,
+        "ar_trials": ar_trials if significance_test == "ar" else None,
+    }
+    frames_out = {n: standard[n] for n in order}
+    return Report(signature=signature, systems=evaluations, baseline=baseline, comparisons=comparisons,
+                  alignment=alignment, settings=settings, frames=frames_out, metrics=list(base_scores.metrics),
+                  warnings=warnings)
+
+
+def _compare(name, baseline, scores, points, boot_values, test, ar_trials, seed) -> list[dict]:
+    s, b = scores[name], scores[baseline]
+    theirs = set(s.metric_keys())
+    keys = [k for k in b.metric_keys() if k in theirs]
+    diffs = {k: points[name][k] - points[baseline][k] for k in keys}
+    p_ar = {}
+    if test == "ar" and keys:
+        if s.cols != b.cols:
+            raise EvaluationInputError(f"systems {name} and {baseline} were scored with different metrics")
+        p_ar = significance.approximate_randomization(s.stats, b.stats, b.from_sums, diffs, trials=ar_trials, seed=seed)
+    out = []
+    for k in keys:
+        if boot_values[name] is not None:
+            entry = bootstrap.paired_test(boot_values[name][k], boot_values[baseline][k], diffs[k])
+        else:
+            entry = {"diff": float(diffs[k]), "ci": None, "p_value": None}
+        if test == "ar":
+            entry["p_value"] = float(p_ar[k])
+        out.append({"system": name, "baseline": baseline, "metric": k, "n": s.n, **entry, "test": test})
+    return out
+
+
+def evaluate_frame(
+    df: pd.DataFrame,
+    *,
+    name: str,
+    id_col: str | None = None,
+    hyp_col: str | None = None,
+    ref_col: str | None = None,
+    status_col: str | None = STATUS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    compat: str | None = None,
+    clinical: bool = True,
+    uncertain: str = "positive",
+    use_meteor: bool = True,
+    model_metrics: Sequence[str] | str = (),
+    skip_unavailable: bool = False,
+    label_reports: Callable[[list[str]], list[dict]] | None = None,
+) -> Evaluation:
+    """Evaluate one system's rows; ``.per_sample`` is indexed like the scored rows of ``df``,
+    ``.summary`` is ``summary.json["systems"][name]``."""
+    report = evaluate_systems(
+        {name: df}, id_col=id_col, hyp_col=hyp_col, ref_col=ref_col, status_col=status_col, n_boot=n_boot,
+        seed=seed, compat=compat, clinical_metrics=clinical, uncertain=uncertain, use_meteor=use_meteor,
+        model_metrics=model_metrics, skip_unavailable=skip_unavailable, label_reports=label_reports,
+    )
+    return report.systems[name]
+

@@ -1,0 +1,140 @@
+"""Summaries: the per-system summary dict, ``per_sample.csv``'s frame, ``summary.json`` and
+``metrics.json``, and writing the output files.
+
+A system's summary (``summary.json["systems"][name]``) holds the counts (``n``, ``n_empty``,
+``n_rows``, ``n_error``, ``n_empty_reference``, ``n_not_shared``), ``metrics`` (every metric
+without a block of its own, in registry order: ``{"value", "ci": [low, high] | null}``), the
+blocks of metrics that have one (``clinical``: its ``metrics``, labeler, policy and
+per-observation table), ``unavailable`` (metric -> why it was not computed), ``empty_ids`` and
+``excluded``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from cxrgen.evaluation.alignment import Prepared
+from cxrgen.evaluation.common import is_empty_text
+from cxrgen.evaluation.inputs import HYP
+from cxrgen.metrics import bootstrap, clinical, significance
+from cxrgen.metrics.suite import Scores
+
+if TYPE_CHECKING:
+    from cxrgen.evaluation.scoring import Evaluation, Report
+
+
+def metric_entry(value: float, boot: np.ndarray | None) -> dict:
+    """``{"value", "ci"}`` of one metric; ``ci`` is the percentile interval of the bootstrap
+    values (None without resamples)."""
+    return {"value": float(value),
+            "ci": bootstrap.percentile_interval(boot) if boot is not None and len(boot) else None}
+
+
+def system_summary(p: Prepared, s: Scores, point: dict[str, float], boot: dict[str, np.ndarray] | None) -> dict:
+    """The summary of one system (module docstring)."""
+    empty_ids = [i for i, v in zip(p.ids, p.frame[HYP]) if is_empty_text(v)]
+    excluded = {k: list(v) for k, v in p.excluded.items()}
+    summary = {
+        "n": s.n,
+        "n_empty": len(empty_ids),
+        "n_rows": p.n_rows,
+        "n_error": len(excluded.get("error", [])),
+        "n_empty_reference": len(excluded.get("empty_reference", [])),
+        "metrics": {},
+    }
+    if "not_shared" in excluded:
+        summary["n_not_shared"] = len(excluded["not_shared"])
+    summary["empty_ids"] = empty_ids
+    summary["excluded"] = excluded
+    blocks = {}
+    for m in s.metrics:
+        keys = s.keys[m.name]
+        block = m.summary_block(keys, point, boot, s.stats[:, s.cols[m.name]], metric_entry, s.context)
+        if block is None:
+            for k in keys:
+                summary["metrics"][k] = metric_entry(point[k], boot[k] if boot else None)
+        else:
+            blocks[m.name] = block
+    summary["unavailable"] = dict(s.unavailable)
+    summary.update(blocks)
+    return summary
+
+
+def per_sample_frame(p: Prepared, s: Scores) -> pd.DataFrame:
+    """``per_sample.csv``'s rows of one system, indexed like its scored input rows: ``id``,
+    ``empty_hyp``, every metric's per-sample columns, and the label strings of both texts."""
+    data = {"id": p.ids, "empty_hyp": [is_empty_text(v) for v in p.frame[HYP]]}
+    data.update(s.per_sample)
+    if s.hyp_labels is not None:
+        data["hyp_labels"] = clinical.labels_string(s.hyp_labels)
+        data["ref_labels"] = clinical.labels_string(s.ref_labels)
+    return pd.DataFrame(data, index=p.frame.index)
+
+
+def summary_dict(report: "Report") -> dict:
+    """The ``summary.json`` content of a report."""
+    tests = {"bootstrap": bootstrap.TEST_METHOD, "ar": significance.METHOD}
+    out = {
+        "signature": report.signature,
+        "interval_method": bootstrap.METHOD,
+        "test_method": tests[report.settings.get("significance") or "bootstrap"],
+        "settings": report.settings,
+        "systems": {name: ev.summary for name, ev in report.systems.items()},
+        "baseline": report.baseline,
+        "comparisons": report.comparisons,
+        "warnings": list(report.warnings),
+    }
+    if report.alignment is not None:
+        out["alignment"] = report.alignment
+    return out
+
+
+def metrics_json(evaluation: "Evaluation") -> dict:
+    """A run's ``metrics.json`` content: signature, n, n_empty, metrics and clinical."""
+    s = evaluation.summary
+    return {
+        "signature": evaluation.signature,
+        "n": s["n"],
+        "n_empty": s["n_empty"],
+        "metrics": s["metrics"],
+        "clinical": s.get("clinical", {}),
+    }
+
+
+def write_metrics_json(evaluation: "Evaluation", path: str | os.PathLike) -> Path:
+    """Write :func:`metrics_json` to ``path`` and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics_json(evaluation), indent=2) + "\n")
+    return path
+
+
+def write_outputs(report: "Report", output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write per_sample.csv, summary.json, summary.md and summary.csv into ``output_dir``."""
+    from cxrgen.evaluation import tables
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for n, ev in report.systems.items():
+        f = ev.per_sample.copy()
+        f.insert(0, "system", n)
+        frames.append(f)
+    paths = {
+        "per_sample": out / "per_sample.csv",
+        "summary_json": out / "summary.json",
+        "summary_md": out / "summary.md",
+        "summary_csv": out / "summary.csv",
+    }
+    summary = report.summary_dict()
+    pd.concat(frames, ignore_index=True).to_csv(paths["per_sample"], index=False)
+    paths["summary_json"].write_text(json.dumps(summary, indent=2) + "\n")
+    paths["summary_md"].write_text(tables.markdown(summary))
+    pd.DataFrame(tables.csv_rows(summary)).to_csv(paths["summary_csv"], index=False)
+    return paths
