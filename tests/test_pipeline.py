@@ -16,6 +16,7 @@ import yaml
 
 from cxrgen import runner
 from cxrgen.config import Config, ConfigError, load_config
+from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
@@ -105,6 +106,18 @@ def test_bad_configuration_is_one_line_naming_the_key(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_errors_of_set_values_name_set_not_the_file():
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", ["generation.batch_size=four"])
+    assert str(err.value) == "--set: generation.batch_size must be an integer, got 'four'"
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", ["generation.batch_size=0"])
+    assert str(err.value).startswith("--set generation.batch_size must be a positive integer")
+    with pytest.raises(ConfigError) as err:  # a flag's bad value names the command line
+        load_config(ROOT / "configs" / "demo.yaml", **{"generation.batch_size": "x"})
+    assert str(err.value) == "command line: generation.batch_size must be an integer, got 'x'"
+
+
 def test_set_keeps_text_settings_as_typed():
     cfg = load_config(ROOT / "config.yaml", ["prompt.user=#1 finding: effusion?", "output.run_name=0755",
                                              "model.revision=0123456", "prompt.system=yes", "data.manifest=null",
@@ -180,6 +193,45 @@ def test_tricky_text_survives_the_csv(tmp_path):
     back = part.read()
     assert back.loc[0, "reference"] == rows[0]["reference"] and back.loc[0, "id"] == "a,1"
     assert back.loc[0, "generated_report"] == rows[0]["generated_report"]
+
+
+def test_a_start_that_committed_nothing_can_be_rerun_with_other_settings(tmp_path, tiny_dir, model, caplog):
+    manifest = write_manifest(tmp_path, 3)
+    wrong = load_config(make_config(tmp_path, tiny_dir, manifest, "first", model__name_or_path=str(tmp_path / "nope"),
+                                    model__backend="cxr_llava"))
+    with pytest.raises(ModelError, match="nope"):
+        runner.generate(wrong, progress=False)
+    assert (tmp_path / "runs" / "first" / "parts" / "run-config.json").exists()
+    fixed = load_config(make_config(tmp_path, tiny_dir, manifest, "first", generation__max_new_tokens=8))
+    with caplog.at_level("INFO", logger="cxrgen"):
+        assert runner.generate(fixed, model=model, progress=False) == 0
+    assert "committed no row; its records are replaced" in caplog.text
+    # with committed rows, another setting is refused as before
+    other = load_config(make_config(tmp_path, tiny_dir, manifest, "first", generation__max_new_tokens=9))
+    with pytest.raises(runner.RunError, match="generation.max_new_tokens"):
+        runner.generate(other, model=model, progress=False)
+
+
+def test_run_json_says_exactly_what_ran(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 3)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "described"))
+    assert runner.generate(cfg, model=model, progress=False) == 0
+    info = json.loads((tmp_path / "runs" / "described" / "run.json").read_text())
+    assert info["versions"]["cuda"] is None or isinstance(info["versions"]["cuda"], str)
+    assert info["versions"]["cuda"] != "None"
+    project = info["project"]
+    assert set(project) == {"commit", "local_changes", "version"}
+    if project["commit"] is not None:
+        assert len(project["commit"]) == 40 and isinstance(project["local_changes"], bool)
+    assert info["prompt"] == model.render_prompt(cfg.prompt) and REPORT_USER_PROMPT.strip() in info["prompt"]
+    assert info["model"]["backend"] == "cxr_llava" and info["model"]["source"] == str(tiny_dir)
+    assert info["model"]["digest"] and info["model"]["revision"] is None
+    (data_file,) = info["data_files"]
+    assert data_file["path"] == str(manifest.resolve()) and data_file["lines"] == 4
+    import hashlib
+    assert data_file["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    (shard,) = info["shards"]
+    assert shard["host"] and shard["command"] and shard["started"] <= shard["finished"]
 
 
 def test_uncommitted_bytes_are_cut_on_recovery(tmp_path):
