@@ -356,9 +356,12 @@ def _device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def signature(name: str) -> str:
-    """``radeval-<version>:<scorer settings>``."""
-    return f"radeval-{_version('radeval') or 'none'}:{_SETTINGS[name]}"
+def signature(name: str, device: str | None = None) -> str:
+    """``radeval-<version>:<scorer settings>`` (GREEN runs in float32 on the CPU)."""
+    settings = _SETTINGS[name]
+    if name == "green" and device is not None and not str(device).startswith("cuda"):
+        settings = settings.replace(":fp16", ":fp32")
+    return f"radeval-{_version('radeval') or 'none'}:{settings}"
 
 
 def _column(label_name: str) -> str:
@@ -410,7 +413,9 @@ def score(
         raise ValueError(f"model metric {name}: batch_size must be at least 1, not {batch_size}")
     n = len(hyps)
     keep = [i for i, h in enumerate(hyps) if h.strip()]
-    result = ModelScores(name=name, signature=signature(name), n_empty=n - len(keep))
+    if name == "green":
+        device = _device(device)  # the signature records the precision, which follows the device
+    result = ModelScores(name=name, signature=signature(name, device), n_empty=n - len(keep))
     if name == "chexbert":
         result.hyp_labels = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
         result.ref_labels = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
