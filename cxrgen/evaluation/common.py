@@ -28,6 +28,10 @@ class MissingColumnError(EvaluationInputError):
         self.role = role
 
 
+class MetricError(EvaluationInputError):
+    """A metric failed on this input (a model-based scorer's error, one line)."""
+
+
 class MetricUnavailableError(EvaluationInputError):
     """A metric that was asked for cannot run here (package or weights missing); the message
     says what to install or fetch."""

@@ -18,10 +18,11 @@ import pandas as pd
 
 from cxrgen.evaluation import summaries
 from cxrgen.evaluation.alignment import Prepared, align, prepare, restrict
-from cxrgen.evaluation.common import EvaluationInputError, MetricUnavailableError, log, text_or_empty, where
+from cxrgen.evaluation.common import EvaluationInputError, MetricError, MetricUnavailableError, log, text_or_empty, where
 from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, standardise
 from cxrgen.metrics import bootstrap, clinical, significance
 from cxrgen.metrics.base import Metric
+from cxrgen.metrics.model_metric import ModelMetricFailure
 from cxrgen.metrics.signature import make_signature
 from cxrgen.metrics.suite import Scores, metrics_for, score_texts
 from cxrgen.metrics.tokenize import COMPAT_MODES
@@ -159,12 +160,11 @@ def evaluate_systems(
     scores: dict[str, Scores] = {}
     for n in order:
         p = prepared[n]
-        scores[n] = score_texts(
-            [text_or_empty(v) for v in p.frame[HYP]],
-            [text_or_empty(v) for v in p.frame[REF]],
-            compat=compat, clinical_metrics=clinical_metrics, uncertain=uncertain, use_meteor=use_meteor,
-            label_reports=label_reports, metrics=metric_list, ref_cache=ref_cache, skip=list(skipped),
-        )
+        try:
+            scores[n] = _score(p, compat, clinical_metrics, uncertain, use_meteor, label_reports, metric_list,
+                               ref_cache, skipped)
+        except ModelMetricFailure as exc:
+            raise MetricError(f"system {n}: {exc}") from None
         for name, why in skipped.items():
             scores[n].unavailable[name] = why
     base_scores = scores[baseline]
@@ -208,6 +208,15 @@ def evaluate_systems(
     return Report(signature=signature, systems=evaluations, baseline=baseline, comparisons=comparisons,
                   alignment=alignment, settings=settings, frames=frames_out, metrics=list(base_scores.metrics),
                   warnings=warnings)
+
+
+def _score(p, compat, clinical_metrics, uncertain, use_meteor, label_reports, metric_list, ref_cache, skipped):
+    return score_texts(
+        [text_or_empty(v) for v in p.frame[HYP]],
+        [text_or_empty(v) for v in p.frame[REF]],
+        compat=compat, clinical_metrics=clinical_metrics, uncertain=uncertain, use_meteor=use_meteor,
+        label_reports=label_reports, metrics=metric_list, ref_cache=ref_cache, skip=list(skipped),
+    )
 
 
 def _compare(name, baseline, scores, points, boot_values, test, ar_trials, seed) -> list[dict]:

@@ -15,7 +15,8 @@ significance tests, the summaries and the signature treat them like every other 
 * an empty generated report scores 0 and has every label negative, as for every other metric;
 * the signature component is ``<name>:<ModelScores.signature>``.
 
-A returned array whose length is not the number of samples is an error naming the metric.
+A returned array whose length is not the number of samples, or a scorer that fails, is a
+:class:`ModelMetricFailure` naming the metric (one line).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from cxrgen.metrics.base import Column, Computed, Context, Metric
 
 LABEL_SETS = ("chexpert14", "chexbert5")
 AVERAGES = ("micro", "macro")
+
+
+class ModelMetricFailure(RuntimeError):
+    """A model-based scorer failed or returned something unusable (one line naming it)."""
 
 
 def _model_based():
@@ -55,14 +60,18 @@ class ModelBased(Metric):
         return _model_based().check_available([self.name]).get(self.name)
 
     def compute(self, ctx: Context) -> Computed:
-        result = _model_based().score(self.name, list(ctx.hyps), list(ctx.refs))
+        try:
+            result = _model_based().score(self.name, list(ctx.hyps), list(ctx.refs))
+        except (ValueError, RuntimeError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelMetricFailure(f"model metric {self.name} failed: {first}") from None
         n = ctx.n
         empty = np.array([not h.strip() for h in ctx.hyps], dtype=bool)
         per_sample: dict[str, np.ndarray] = {}
         for key, values in dict(result.per_sample).items():
             v = np.asarray(values, dtype=np.float64).reshape(-1)
             if v.shape[0] != n:
-                raise ValueError(f"model metric {self.name}: {v.shape[0]} values of {key!r} for {n} reports")
+                raise ModelMetricFailure(f"model metric {self.name}: {v.shape[0]} values of {key!r} for {n} reports")
             per_sample[str(key)] = np.where(empty, 0.0, v)
         blocks = [np.column_stack([per_sample[k] for k in per_sample] + [np.ones(n)])]
         hyp_labels = getattr(result, "hyp_labels", None)
@@ -75,7 +84,7 @@ class ModelBased(Metric):
             blocks.append(clinical.outcome_counts(hl, rl, "negative").reshape(n, len(clinical.COLUMNS) * 4))
         layout = (tuple(per_sample), has_labels)
         if self._layout is not None and layout != self._layout:
-            raise ValueError(f"model metric {self.name}: returned other keys for another system ({layout[0]} vs {self._layout[0]})")
+            raise ModelMetricFailure(f"model metric {self.name}: returned other keys for another system ({layout[0]} vs {self._layout[0]})")
         self._layout = layout
         self.keys = layout[0] + (self._label_keys() if has_labels else ())
         self._component = f"{self.name}:{getattr(result, 'signature', '') or 'unknown'}"
@@ -84,7 +93,7 @@ class ModelBased(Metric):
     def _labels(self, labels, n: int, what: str) -> np.ndarray:
         arr = np.asarray(labels)
         if arr.shape != (n, len(clinical.COLUMNS)):
-            raise ValueError(f"model metric {self.name}: {what} has shape {arr.shape}, expected ({n}, {len(clinical.COLUMNS)})")
+            raise ModelMetricFailure(f"model metric {self.name}: {what} has shape {arr.shape}, expected ({n}, {len(clinical.COLUMNS)})")
         return (arr == 1).astype(np.int8)
 
     def _label_keys(self) -> tuple[str, ...]:

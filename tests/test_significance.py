@@ -1,0 +1,142 @@
+"""The paired approximate-randomization test: the vectorised test on sufficient statistics against a
+plain loop that swaps texts and re-scores, its edge cases, and its place in evaluate.py's outputs."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluate
+from cxrgen.evaluation import evaluate_systems
+from cxrgen.metrics import significance
+from cxrgen.metrics.suite import score_texts
+
+REPORTS = Path(__file__).parent / "data" / "iu_reports"
+
+
+def _reports(n):
+    texts = []
+    for path in sorted(REPORTS.glob("*.xml"), key=lambda p: int(p.stem)):
+        sec = {a.get("Label"): (a.text or "").strip() for a in ET.parse(path).getroot().iter("AbstractText")}
+        text = " ".join(t for t in (sec.get("FINDINGS", ""), sec.get("IMPRESSION", "")) if t)
+        if text:
+            texts.append(text)
+    return texts[:n]
+
+
+def keyword_labels(texts):
+    out = []
+    for t in texts:
+        t = t.lower()
+        lab = {}
+        if "effusion" in t:
+            lab["pleural_effusion"] = 0 if "no " in t else 1
+        if "cardiomegaly" in t or "enlarged" in t:
+            lab["cardiomegaly"] = 1
+        if "normal" in t:
+            lab["no_finding"] = 1
+        out.append(lab)
+    return out
+
+
+def ar_by_loop(hyps_a, hyps_b, refs, keys, trials, seed, **kw):
+    """Reference: swap each study's two texts with probability 1/2 (one uniform per study and
+    trial, row by row), re-score both pseudo systems from their texts, count |diff| >= observed."""
+    rng = np.random.default_rng(seed)
+
+    def corpus(hyps):
+        return score_texts(hyps, refs, **kw).point()
+
+    pa, pb = corpus(hyps_a), corpus(hyps_b)
+    observed = {k: abs(pa[k] - pb[k]) for k in keys}
+    count = dict.fromkeys(keys, 0)
+    for _ in range(trials):
+        xa, xb = [], []
+        for a, b in zip(hyps_a, hyps_b):
+            if rng.random() < 0.5:
+                a, b = b, a
+            xa.append(a)
+            xb.append(b)
+        va, vb = corpus(xa), corpus(xb)
+        for k in keys:
+            if abs(va[k] - vb[k]) >= observed[k] * (1 - 1e-10) - 1e-10:
+                count[k] += 1
+    return {k: (c + 1) / (trials + 1) for k, c in count.items()}
+
+
+def test_vectorised_ar_equals_the_loop_that_rescores_texts():
+    refs = _reports(40)
+    hyps_a = [refs[(i + 1) % 40] for i in range(40)]
+    hyps_b = [refs[i] if i % 3 == 0 else refs[(i + 5) % 40] for i in range(40)]
+    hyps_b[7] = ""
+    kw = dict(clinical_metrics=True, use_meteor=False, label_reports=keyword_labels)
+    sa, sb = score_texts(hyps_a, refs, **kw), score_texts(hyps_b, refs, **kw)
+    keys = sa.metric_keys()
+    pa, pb = sa.point(), sb.point()
+    fast = significance.approximate_randomization(sa.stats, sb.stats, sb.from_sums, {k: pa[k] - pb[k] for k in keys},
+                                                  trials=60, seed=9)
+    slow = ar_by_loop(hyps_a, hyps_b, refs, keys, trials=60, seed=9, **kw)
+    assert fast == pytest.approx(slow, abs=1e-15)
+    assert len({round(v, 6) for v in fast.values()}) > 3  # the p-values are not all the same number
+    assert 0 < min(fast.values()) and max(fast.values()) <= 1
+
+
+def test_identical_systems_give_p_one_and_a_perfect_system_the_smallest_p():
+    refs = _reports(60)
+    worse = [refs[(i + 1) % 60] for i in range(60)]
+    s_ref = score_texts(refs, refs, clinical_metrics=False, use_meteor=False)
+    s_bad = score_texts(worse, refs, clinical_metrics=False, use_meteor=False)
+    same = significance.approximate_randomization(s_bad.stats, s_bad.stats, s_bad.from_sums,
+                                                  {k: 0.0 for k in s_bad.metric_keys()}, trials=200, seed=0)
+    assert set(same.values()) == {1.0}
+    pr, pw = s_ref.point(), s_bad.point()
+    p = significance.approximate_randomization(s_ref.stats, s_bad.stats, s_bad.from_sums,
+                                               {"bleu_4": pr["bleu_4"] - pw["bleu_4"]}, trials=999, seed=0)
+    assert p["bleu_4"] == pytest.approx(1 / 1000)
+
+
+def test_swap_masks_are_seeded_half_and_half():
+    a = np.vstack(list(significance.swap_masks(300, 1200, seed=5)))
+    b = np.vstack(list(significance.swap_masks(300, 1200, seed=5)))
+    assert a.shape == (1200, 300) and (a == b).all()
+    assert not (a == np.vstack(list(significance.swap_masks(300, 1200, seed=6)))).all()
+    assert a.mean() == pytest.approx(0.5, abs=0.01)
+
+
+def _write(path, ids, gens, refs):
+    pd.DataFrame({"id": ids, "generated_report": gens, "reference": refs}).to_csv(path, index=False)
+    return path
+
+
+def test_ar_through_the_cli_and_the_small_sample_warning(tmp_path, capsys):
+    refs = _reports(12)
+    ids = [f"s{i}" for i in range(12)]
+    a = _write(tmp_path / "a.csv", ids, [refs[(i + 1) % 12] for i in range(12)], refs)
+    b = _write(tmp_path / "b.csv", ids, refs, refs)
+    out_dir = tmp_path / "cmp"
+    rc = evaluate.main([str(a), str(b), "--significance", "ar", "--ar-trials", "300", "--n-boot", "50", "--no-clinical",
+                        "--output-dir", str(out_dir), "--html"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    s = json.loads((out_dir / "summary.json").read_text())
+    assert {c["test"] for c in s["comparisons"]} == {"ar"} and "ar:300" in s["signature"]
+    frame = lambda h: pd.DataFrame({"id": ids, "generated_report": h, "reference": refs})  # noqa: E731
+    rep = evaluate_systems({"a": frame([refs[(i + 1) % 12] for i in range(12)]), "b": frame(refs)}, n_boot=0,
+                           clinical_metrics=False, significance_test="ar", ar_trials=300)
+    assert [c["p_value"] for c in s["comparisons"]] == pytest.approx([c["p_value"] for c in rep.comparisons])
+    assert s["comparisons"][0]["ci"] is not None  # the interval of the difference still comes from the bootstrap
+    # fewer than 30 shared studies: said in the terminal, summary.md and on the page
+    assert "WARNING: the systems share only 12 studies" in out
+    assert "share only 12 studies" in (out_dir / "summary.md").read_text()
+    assert "share only 12 studies" in (out_dir / "report.html").read_text()
+    assert "approximate randomization" in (out_dir / "summary.md").read_text()
+
+
+def test_no_warning_with_enough_studies():
+    refs = _reports(30)
+    frame = lambda h: pd.DataFrame({"id": range(30), "generated_report": h, "reference": refs})  # noqa: E731
+    rep = evaluate_systems({"a": frame(refs[1:] + refs[:1]), "b": frame(refs)}, n_boot=0, clinical_metrics=False)
+    assert rep.warnings == [] and rep.summary_dict()["warnings"] == []
