@@ -214,6 +214,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--n-boot must be 0 or more")
         if args.ar_trials <= 0:
             parser.error("--ar-trials must be positive")
+        if args.html and args.html.lower().endswith(".csv"):
+            parser.error(f"--html {args.html}: a results page is HTML; put --html after the RESULTS.csv arguments "
+                         "or give it a .html file name")
         frames = evaluation.load_systems(args.inputs)
         report = evaluation.evaluate_systems(
             frames,
