@@ -3,19 +3,25 @@
     pixels [B,1,S,S] -> VisionTower -> patch tokens [B, (S/P)^2, width] -> mm_projector -> image embeddings
     prompt ids before <image> | image embeddings | prompt ids after <image> -> LlamaForCausalLM -> report tokens
 
-Generation is batched: prompts of different lengths are left-padded, a boolean mask hides the padding and the
-position ids count only real tokens, so every row sees exactly what it would see alone. The decode loop is written
-out here rather than delegated to ``generate``: a key/value cache allocated once per batch, rotary tables computed
-once per model, rows that have finished dropped from the batch, and no per-step work beyond the forward pass.
-The language model is transformers' own ``LlamaForCausalLM``; this loop calls its submodules (norms, projections,
-MLPs, head) and does the attention itself with ``scaled_dot_product_attention`` over the cache.
+Generation is batched and written out here rather than delegated to ``generate``; the language model is
+transformers' own ``LlamaForCausalLM``, whose submodules (norms, projections, MLPs, head) the decoders call, doing
+the attention themselves with ``scaled_dot_product_attention`` over their cache. Two decoders:
+
+* decoding.py (the default, :meth:`CxrLlava.stream_reports` and :meth:`CxrLlava.generate_reports`): continuous
+  batching over a fixed-shape decode step (fixed-capacity cache, per-row positions as tensors) that CUDA graphs can
+  capture;
+* :meth:`CxrLlava._decode` (``generate_reports(..., fixed_shape=False)``): the growing-cache loop, one static batch,
+  prompts left-padded, finished rows dropped from the batch; kept as the reference the fixed-shape path is tested
+  against.
+
+In both, positions count only real tokens and padding is masked, so every row sees exactly what it would see alone.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +32,7 @@ from torch import nn
 from ..base import GeneratedReport
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
+from .decoding import Request, decode_stream, rotate_half
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
 from .vision import VisionTower
@@ -135,14 +142,15 @@ class CxrLlava(nn.Module):
     def generate_reports(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *,
                          prompt: PromptIds | Sequence[PromptIds] | None = None, max_new_tokens: int = 512,
                          temperature: float = 0.0, top_p: float = 1.0, seed: int | Sequence[int] | None = None,
-                         ) -> list[GeneratedReport]:
-        """Write one report per image, all images in one batch.
+                         cuda_graphs: str = "auto", fixed_shape: bool = True) -> list[GeneratedReport]:
+        """Write one report per image, all images in one batch (a static batch: it runs until its last row ends).
 
         ``images``: PIL images, or already preprocessed pixels [B,1,S,S]. ``prompt``: token ids from
         :meth:`prompt_ids` (default: the published report prompt), one for all images or one per image.
         ``temperature`` 0 is greedy decoding; otherwise sampling with ``top_p``, each image from its own random
         generator seeded by ``seed`` (one seed for all images, or one per image), so that a sampled report does not
         depend on the other images in the batch. Decoding stops at ``</s>`` or after ``max_new_tokens`` tokens.
+        ``fixed_shape`` False: the growing-cache reference decoder (no CUDA graphs).
         """
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
             pixels = torch.from_numpy(np.stack([self.preprocess(im) for im in images]))
@@ -158,14 +166,23 @@ class CxrLlava(nn.Module):
             raise ValueError(f"{len(prompts)} prompts for {batch} images")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
+        seeds = [0 if seed is None else int(seed)] * batch if seed is None or isinstance(seed, int) else list(seed)
+        if len(seeds) != batch:
+            raise ValueError(f"{len(seeds)} seeds for {batch} images")
+        if fixed_shape:
+            requests = [Request(i, pixels[i], prompts[i], seeds[i]) for i in range(batch)]
+            reports: list[GeneratedReport | None] = [None] * batch
+            for done in self.stream_reports(requests, slots=batch, max_new_tokens=max_new_tokens,
+                                            temperature=temperature, top_p=top_p, refill=False,
+                                            cuda_graphs=cuda_graphs):
+                for i, report in done:
+                    reports[i] = report
+            return reports
         embeds, valid = self._prompt_embeddings(self.encode_images(pixels), prompts)
         room = self.config.max_position_embeddings - int(valid.sum(1).max())
         max_new_tokens = max(0, min(max_new_tokens, room))
         generators = None
         if temperature > 0:
-            seeds = [0 if seed is None else int(seed)] * batch if seed is None or isinstance(seed, int) else list(seed)
-            if len(seeds) != batch:
-                raise ValueError(f"{len(seeds)} seeds for {batch} images")
             generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         tokens, lengths, eos = self._decode(embeds, valid, max_new_tokens, temperature, top_p, generators)
         reports = []
@@ -174,6 +191,17 @@ class CxrLlava(nn.Module):
             reports.append(GeneratedReport(text=self.tokenizer.decode_streamed(ids), token_ids=ids,
                                            n_new_tokens=len(ids), stopped_at_eos=bool(eos[row])))
         return reports
+
+    def stream_reports(self, requests: Iterable[Request], *, slots: int, max_new_tokens: int = 512,
+                       temperature: float = 0.0, top_p: float = 1.0, refill: bool = True, cuda_graphs: str = "auto",
+                       **kwargs) -> Iterator[list[tuple[Any, GeneratedReport]]]:
+        """Continuous batching: ``[(key, report), ...]`` as rows finish, ``slots`` rows decoding at a time, a
+        finished row's slot refilled with the next request at once (see decoding.py; ``kwargs`` go to
+        :func:`decode_stream`). ``cuda_graphs``: auto (on CUDA devices) | on (a ModelError off CUDA) | off."""
+        with torch.no_grad():
+            yield from decode_stream(self, requests, slots=slots, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, top_p=top_p, refill=refill, cuda_graphs=cuda_graphs,
+                                     **kwargs)
 
     def _prompt_embeddings(self, image_embeds: torch.Tensor, prompts: list[PromptIds]):
         """Left-padded input embeddings [B, L, hidden] and the mask of real positions [B, L]."""
@@ -240,8 +268,8 @@ class CxrLlava(nn.Module):
                 q = attn.q_proj(h).view(b, t, n_heads, head_dim).transpose(1, 2)
                 k = attn.k_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
                 v = attn.v_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
                 cache_k[i][:, :, start:start + t] = k
                 cache_v[i][:, :, start:start + t] = v
                 keys, values = cache_k[i][:, :, :start + t], cache_v[i][:, :, :start + t]
@@ -305,7 +333,3 @@ class CxrLlava(nn.Module):
             next_position = next_position + 1
         return out_tokens.cpu(), out_len.tolist(), (out_len < max_new_tokens).tolist()
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -1,0 +1,422 @@
+"""Continuous batching over a fixed-shape decode step (CXR-LLaVA-v2's Llama-2 decoder).
+
+A fixed number of *slots* decode together. Each slot owns one row of a key/value cache of fixed *capacity*
+(longest prompt + ``max_new_tokens``, at most the model's positions). A row's prompt sits at cache positions
+``[0, L)`` and its n-th generated token at ``L + n``, so the cache position of a token is also its rotary position:
+positions count only real tokens, and every row sees exactly what it would see alone.
+
+One decode step has the same shapes whatever the rows are doing: token ids ``[slots]`` and positions ``[slots]`` in,
+logits ``[slots, vocab]`` out; keys and values are written with ``scatter_`` at each row's own position; attention
+runs over the whole capacity under a boolean mask of the positions written so far (a masked key gets weight exactly
+0 after the softmax, so the longer key range changes no value). Nothing in a step reads a tensor back to the host,
+so on CUDA the step is captured once per slot count as a CUDA graph and replayed. Positions advance on the device.
+
+The host keeps the bookkeeping: which study is in which slot, how many tokens each has produced (known without
+asking the device), and every ``eos_check_every`` steps (1 on the CPU, 8 on a GPU) it copies the new tokens back and
+looks for ``</s>``. A row that ended (``</s>`` or its token limit) is handed back at once; when requests are left,
+its slot is refilled: image encoding and prompt of the new rows (prefill), their keys and values written into the
+freed cache rows, while the other rows keep their cache. When no requests are left, the live rows are moved to the
+front and the step shrinks to the next power of two (a few graphs at most).
+
+Greedy reports are the same as one image at a time; a sampled row draws from its own generator seeded per study,
+one draw per token, so it does not depend on its batch or slot either.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import GeneratedReport, ModelError
+from .prompt import PromptIds
+
+log = logging.getLogger("cxrgen")
+
+
+@dataclass
+class Request:
+    """One study to decode: preprocessed pixels [1, S, S], prompt ids, sampling seed, optional own token limit."""
+
+    key: Any
+    pixels: Any
+    prompt: PromptIds
+    seed: int | None = None
+    max_new_tokens: int | None = None  # a lower limit for this study (None: the decoder's)
+
+
+@dataclass
+class DecodeStats:
+    """What a decode run did (for benchmarks): decode steps, rows x steps, prefill calls and rows, graphs captured."""
+
+    steps: int = 0
+    row_steps: int = 0
+    live_row_steps: int = 0
+    prefills: int = 0
+    prefill_rows: int = 0
+    graphs: int = 0
+    graph_sizes: list[int] = field(default_factory=list)
+
+
+def resolve_cuda_graphs(setting: str | bool, device: torch.device) -> bool:
+    """``generation.cuda_graphs``: auto = on for CUDA devices; on with a non-CUDA device is a ModelError."""
+    if isinstance(setting, bool):
+        setting = "on" if setting else "off"
+    if setting not in ("auto", "on", "off"):
+        raise ModelError(f"generation.cuda_graphs must be auto, on or off; got {setting!r}")
+    if setting == "on" and device.type != "cuda":
+        raise ModelError(f"generation.cuda_graphs: on needs a CUDA device, but the model runs on {device}; "
+                         f"use auto or off")
+    return setting != "off" and device.type == "cuda"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecodeStep(nn.Module):
+    """One token per slot through the Llama decoder over fixed-capacity caches; no host synchronisation.
+
+    ``forward(tokens [b], positions [b], caches_k, caches_v)`` writes each row's key and value at its position and
+    returns the logits [b, vocab]. The caches are lists (one per layer) of [b, kv_heads, capacity, head_dim].
+    """
+
+    def __init__(self, model, capacity: int):
+        super().__init__()
+        lm = model.language_model
+        cfg = lm.config
+        self.lm = lm
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        cos, sin = model._rope_tables(capacity)
+        self.register_buffer("cos", cos[:capacity], persistent=False)
+        self.register_buffer("sin", sin[:capacity], persistent=False)
+        self.register_buffer("key_index", torch.arange(capacity, device=cos.device), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, caches_k: list[torch.Tensor],
+                caches_v: list[torch.Tensor]) -> torch.Tensor:
+        lm, nh, nkv, hd = self.lm, self.n_heads, self.n_kv, self.head_dim
+        b = tokens.shape[0]
+        x = lm.model.embed_tokens(tokens)[:, None]  # [b, 1, hidden]
+        cos = self.cos[positions][:, None, None]  # [b, 1, 1, head_dim]
+        sin = self.sin[positions][:, None, None]
+        mask = (self.key_index[None] <= positions[:, None])[:, None, None]  # [b, 1, 1, capacity]
+        where = positions.view(b, 1, 1, 1).expand(b, nkv, 1, hd)
+        for layer, cache_k, cache_v in zip(lm.model.layers, caches_k, caches_v):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, 1, nh, hd).transpose(1, 2)
+            k = attn.k_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
+            v = attn.v_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            cache_k.scatter_(2, where, k)
+            cache_v.scatter_(2, where, v)
+            o = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask, enable_gqa=nkv != nh)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, nh * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return lm.lm_head(lm.model.norm(x[:, -1]))
+
+
+@dataclass
+class _Row:
+    key: Any
+    limit: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    produced: int = 0  # tokens picked so far, including those not yet read back
+    eos: bool = False
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class SlotDecoder:
+    """The state of one continuous-batching run; see the module docstring. Use :func:`decode_stream`."""
+
+    def __init__(self, model, *, slots: int, capacity: int, temperature: float, top_p: float, graphs: bool,
+                 eos_check_every: int, step: Callable | None, stats: DecodeStats):
+        lm = model.language_model
+        self.model, self.slots, self.capacity = model, slots, capacity
+        self.temperature, self.top_p, self.every, self.stats = temperature, top_p, eos_check_every, stats
+        self.device, self.dtype = model.device, model.dtype
+        self.eos_id = model.tokenizer.eos_id
+        self.step_module = DecodeStep(model, capacity)
+        self.step = step(self.step_module) if step is not None else self.step_module
+        n_kv, hd = self.step_module.n_kv, self.step_module.head_dim
+        # zeros, not empty: masked positions are read with weight 0, and 0 * NaN would not be 0
+        self.cache_k = [torch.zeros(slots, n_kv, capacity, hd, dtype=self.dtype, device=self.device)
+                        for _ in lm.model.layers]
+        self.cache_v = [torch.zeros_like(k) for k in self.cache_k]
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.full((slots,), capacity - 1, dtype=torch.long, device=self.device)
+        self.rows: list[_Row | None] = [None] * slots
+        self.width = slots  # slots the step runs over (shrinks when draining)
+        self.graphs_on = graphs
+        self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    # -- prefill ---------------------------------------------------------------------------------------------------
+    def prefill(self, slots: list[int], requests: list[Request], limits: list[int]) -> None:
+        """Encode the images and prompts of ``requests``, write their keys and values into cache rows ``slots``,
+        pick each one's first token."""
+        model, lm = self.model, self.model.language_model
+        dev = self.device
+        if all(isinstance(r.pixels, torch.Tensor) for r in requests):
+            pixels = torch.stack([r.pixels for r in requests])
+        else:
+            pixels = torch.from_numpy(np.stack([np.asarray(r.pixels, dtype=np.float32) for r in requests]))
+        if dev.type == "cuda" and pixels.device.type == "cpu":
+            pixels = pixels.pin_memory().to(dev, non_blocking=True)
+        image = model.encode_images(pixels)
+        embed = lm.get_input_embeddings()
+        n_img = image.shape[1]
+        lengths = [len(r.prompt.before) + n_img + len(r.prompt.after) for r in requests]
+        b, width = len(requests), max(lengths)
+        # right padding: row j's tokens at [0, L_j), which is where they go in its cache row
+        x = torch.zeros(b, width, image.shape[-1], dtype=self.dtype, device=dev)
+        for j, r in enumerate(requests):
+            text = embed(torch.tensor(r.prompt.before + r.prompt.after, dtype=torch.long, device=dev))
+            nb = len(r.prompt.before)
+            x[j, :nb] = text[:nb]
+            x[j, nb:nb + n_img] = image[j]
+            x[j, nb + n_img:lengths[j]] = text[nb:]
+        step = self.step_module
+        nh, nkv, hd = step.n_heads, step.n_kv, step.head_dim
+        valid = torch.arange(width, device=dev)[None] < torch.tensor(lengths, device=dev)[:, None]  # [b, width]
+        mask = (torch.ones(width, width, dtype=torch.bool, device=dev).tril() & valid[:, None, :])[:, None]
+        cos, sin = step.cos[:width][None, None], step.sin[:width][None, None]
+        where = torch.tensor(slots, dtype=torch.long, device=dev)
+        for layer, cache_k, cache_v in zip(lm.model.layers, self.cache_k, self.cache_v):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, width, nh, hd).transpose(1, 2)
+            k = attn.k_proj(h).view(b, width, nkv, hd).transpose(1, 2)
+            v = attn.v_proj(h).view(b, width, nkv, hd).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            cache_k[:, :, :width].index_copy_(0, where, k)
+            cache_v[:, :, :width].index_copy_(0, where, v)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, width, nh * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = torch.tensor([n - 1 for n in lengths], device=dev)
+        logits = lm.lm_head(lm.model.norm(x[torch.arange(b, device=dev), last]))
+        rows = []
+        for r, limit in zip(requests, limits):
+            gen = None
+            if self.temperature > 0:
+                gen = torch.Generator(device=dev).manual_seed(0 if r.seed is None else int(r.seed))
+            rows.append(_Row(r.key, limit, gen))
+        first = self.pick(logits, [row.generator for row in rows])
+        self.tokens.index_copy_(0, where, first)
+        self.positions.index_copy_(0, where, torch.tensor(lengths, dtype=torch.long, device=dev))
+        for s, row in zip(slots, rows):
+            self.rows[s] = row
+            row.produced = 1
+        self.stats.prefills += 1
+        self.stats.prefill_rows += b
+        self.read_back({s: [t] for s, t in zip(slots, first.tolist())})
+
+    # -- decoding --------------------------------------------------------------------------------------------------
+    def pick(self, logits: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+        greedy = logits.argmax(-1)
+        if self.temperature == 0:
+            return greedy
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the smallest set reaching top_p
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0))
+        sampled = [i for i, g in enumerate(generators) if g is not None]
+        if sampled:
+            draws = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in sampled])
+            greedy[torch.tensor(sampled, device=greedy.device)] = draws
+        return greedy
+
+    def _logits(self) -> torch.Tensor:
+        n = self.width
+        args = (self.tokens[:n], self.positions[:n], [c[:n] for c in self.cache_k], [c[:n] for c in self.cache_v])
+        if not self.graphs_on:
+            return self.step(*args)
+        if n not in self.graphs:
+            self.graphs[n] = self._capture(args)
+            self.stats.graphs += 1
+            self.stats.graph_sizes.append(n)
+        graph, out = self.graphs[n]
+        graph.replay()
+        return out
+
+    def _capture(self, args):
+        """CUDA graph of one step at the current width. The warm-up runs write exactly what the next real step
+        writes (same tokens, same positions), so they change nothing."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.step(*args)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.step(*args)
+        return graph, out
+
+    def run_steps(self, count: int) -> None:
+        """``count`` decode steps over the current width, then read the new tokens back once."""
+        n = self.width
+        history = []
+        for _ in range(count):
+            logits = self._logits()
+            gens = [row.generator if row is not None else None for row in self.rows[:n]]
+            new = self.pick(logits, gens)
+            self.tokens[:n].copy_(new)
+            self.positions[:n].add_(1).clamp_(max=self.capacity - 1)  # idle rows stay inside the cache
+            history.append(new)
+        live = [s for s in range(n) if self.rows[s] is not None]
+        for s in live:
+            self.rows[s].produced += count
+        self.stats.steps += count
+        self.stats.row_steps += count * n
+        self.stats.live_row_steps += count * len(live)
+        table = torch.stack(history, 1).tolist()
+        self.read_back({s: table[s] for s in live})
+
+    def read_back(self, new_tokens: dict[int, list[int]]) -> None:
+        for s, ids in new_tokens.items():
+            row = self.rows[s]
+            for t in ids:
+                if t == self.eos_id:
+                    row.eos = True
+                    break
+                row.tokens.append(t)
+                if len(row.tokens) >= row.limit:
+                    break
+
+    def finished(self) -> list[tuple[Any, GeneratedReport]]:
+        done = []
+        for s, row in enumerate(self.rows):
+            if row is not None and (row.eos or len(row.tokens) >= row.limit):
+                done.append((row.key, self.report(row)))
+                self.rows[s] = None
+        return done
+
+    def report(self, row: _Row) -> GeneratedReport:
+        ids = row.tokens
+        return GeneratedReport(text=self.model.tokenizer.decode_streamed(ids), token_ids=list(ids),
+                               n_new_tokens=len(ids), stopped_at_eos=row.eos)
+
+    def steps_to_run(self) -> int:
+        """Steps until the next read-back: ``eos_check_every``, or fewer when a row reaches its limit sooner."""
+        left = min(row.limit - row.produced for row in self.rows if row is not None)
+        return max(1, min(self.every, left))
+
+    def shrink(self) -> None:
+        """No requests left: move the live rows to the front; run the step over the next power of two of them."""
+        live = [s for s in range(self.width) if self.rows[s] is not None]
+        target = _next_pow2(len(live))
+        if target > self.width // 2:
+            return
+        if live != list(range(len(live))):
+            where = torch.tensor(live, dtype=torch.long, device=self.device)
+            m = len(live)
+            for cache in self.cache_k + self.cache_v:
+                cache[:m] = cache.index_select(0, where)
+            self.tokens[:m] = self.tokens.index_select(0, where)
+            self.positions[:m] = self.positions.index_select(0, where)
+            moved = [self.rows[s] for s in live]
+            self.rows = moved + [None] * (self.slots - m)
+        self.width = target
+
+
+def decode_stream(model, requests: Iterable[Request], *, slots: int, max_new_tokens: int, temperature: float = 0.0,
+                  top_p: float = 1.0, refill: bool = True, cuda_graphs: str | bool = "auto",
+                  eos_check_every: int | None = None, max_prompt_len: int | None = None,
+                  step: Callable | None = None, stats: DecodeStats | None = None,
+                  ) -> Iterator[list[tuple[Any, GeneratedReport]]]:
+    """Decode ``requests`` in ``slots`` slots; yield ``[(key, report), ...]`` as rows finish (completion order).
+
+    ``refill`` False: take one group of ``slots`` requests and decode it to its end (static batch, for comparison).
+    ``max_prompt_len``: longest prompt in tokens, image included (None: the longest of the first group; a longer
+    prompt later is an error). ``step``: wraps the :class:`DecodeStep` module (e.g. ``torch.compile``).
+    """
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1; got {slots}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
+    device = model.device
+    graphs = resolve_cuda_graphs(cuda_graphs, device)
+    stats = stats if stats is not None else DecodeStats()
+    every = eos_check_every or model.eos_check_every or (1 if device.type == "cpu" else 8)
+    n_img = model.config.vision.num_patches
+    max_pos = model.config.max_position_embeddings
+    source = iter(requests)
+
+    def prompt_len(r: Request) -> int:
+        return len(r.prompt.before) + n_img + len(r.prompt.after)
+
+    def limit_of(r: Request) -> int:
+        wanted = max_new_tokens if r.max_new_tokens is None else min(r.max_new_tokens, max_new_tokens)
+        return max(0, min(wanted, max_pos - prompt_len(r)))
+
+    first: list[Request] = []
+    for r in source:
+        first.append(r)
+        if len(first) == slots:
+            break
+    if not first:
+        return
+    longest = max_prompt_len or max(prompt_len(r) for r in first)
+    capacity = max(1, min(max_pos, longest + max(limit_of(r) for r in first) if not refill
+                          else longest + max_new_tokens))
+    dec = SlotDecoder(model, slots=len(first), capacity=capacity, temperature=temperature, top_p=top_p,
+                      graphs=graphs, eos_check_every=every, step=step, stats=stats)
+    exhausted = not refill or len(first) < slots
+    queue = first
+
+    def take(free: int) -> list[Request]:
+        nonlocal exhausted
+        got = []
+        while len(got) < free and not exhausted:
+            try:
+                got.append(next(source))
+            except StopIteration:
+                exhausted = True
+        return got
+
+    while True:
+        # fill free slots; rows with a limit of 0 are done without touching the device
+        while True:
+            free = [s for s in range(dec.width) if dec.rows[s] is None]
+            if not queue:
+                queue = take(len(free)) if free else []
+            if not queue:
+                break
+            empty = [(r.key, GeneratedReport("", [], 0, False)) for r in queue if limit_of(r) == 0]
+            todo = [r for r in queue if limit_of(r) > 0]
+            queue = []
+            for r in todo:
+                if prompt_len(r) > longest:
+                    raise ValueError(f"study {r.key}: prompt of {prompt_len(r)} tokens is longer than the "
+                                     f"{longest} the cache was sized for")
+            if todo:
+                dec.prefill(free[:len(todo)], todo, [limit_of(r) for r in todo])
+            done = empty + dec.finished()
+            if done:
+                yield done
+        if all(row is None for row in dec.rows):
+            if exhausted:
+                return
+            continue
+        if exhausted:
+            dec.shrink()
+        dec.run_steps(dec.steps_to_run())
+        done = dec.finished()
+        if done:
+            yield done
