@@ -107,14 +107,20 @@ def load(model_cfg) -> CxrLlavaBackend:
     if model_cfg.build_tiny_if_missing and not Path(model_cfg.name_or_path).exists():
         log.info("building a tiny random checkpoint at %s (reports will be noise)", model_cfg.name_or_path)
         ensure_tiny_checkpoint(model_cfg.name_or_path)
-    if model_cfg.quantization != "none":
+    quantized = model_cfg.quantization != "none"
+    if quantized:
         from ..quantization import check_quantization
 
         check_quantization(model_cfg)
     try:
+        device, dtype = model_cfg.device, model_cfg.dtype
+        if quantized:  # read onto the CPU in the run's dtype; the layers are quantized on their way to the GPU
+            from .modeling import resolve_device, resolve_dtype
+
+            target = resolve_device(model_cfg.device)
+            device, dtype = "cpu", resolve_dtype(model_cfg.dtype, target)
         model = CxrLlava.from_pretrained(model_cfg.name_or_path, revision=model_cfg.revision,
-                                         device=model_cfg.device, dtype=model_cfg.dtype,
-                                         allow_download=model_cfg.allow_download)
+                                         device=device, dtype=dtype, allow_download=model_cfg.allow_download)
     except ModelError:
         raise
     except ValueError as e:  # e.g. model.device: cuda on a machine without CUDA
@@ -123,7 +129,12 @@ def load(model_cfg) -> CxrLlavaBackend:
     if model_cfg.adapter:
         from ..adapters import merge_cxr_llava_adapter
 
-        adapter = merge_cxr_llava_adapter(model, model_cfg)
+        adapter = merge_cxr_llava_adapter(model, model_cfg)  # in full precision, before any quantization
+    if quantized:  # the Llama linear layers; the vision tower, projector, embeddings and lm_head stay as loaded
+        from ..quantization import move_unquantized, quantize_linear_layers
+
+        quantize_linear_layers(model.language_model, model_cfg.quantization, skip=("lm_head",), device=target)
+        move_unquantized(model, target)
     return CxrLlavaBackend(model, adapter=adapter, quantization=model_cfg.quantization)
 
 
