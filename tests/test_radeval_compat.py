@@ -1,8 +1,5 @@
 """--compat radeval: RadEval's BLEU and ROUGE numbers, reproduced exactly, with bootstrap intervals."""
 
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +8,7 @@ import evaluate
 from cxrgen.evaluation import evaluate_frame
 from cxrgen.metrics import bootstrap
 from cxrgen.metrics.suite import score_texts
+from test_metrics_crosscheck import _load_reports
 
 # The six pairs and the expected values of RadEval 2.2's own test, tests/test_basics.py of
 # https://github.com/jbdel/RadEval (MIT licence), copied as test data.
@@ -39,7 +37,6 @@ RADEVAL_HYPS = [
 ]
 RADEVAL_EXPECTED = {"bleu_4": 0.16681006823938177, "rouge_1": 0.44681719607092746,
                     "rouge_2": 0.4205128205128205, "rouge_l": 0.44681719607092746}
-REPORTS = Path(__file__).parent / "data" / "iu_reports"
 
 
 def test_radeval_published_values():
@@ -65,12 +62,7 @@ def test_radeval_mode_through_the_cli_has_intervals(tmp_path, capsys):
 
 
 def _iu_pairs():
-    texts = []
-    for path in sorted(REPORTS.glob("*.xml"), key=lambda p: int(p.stem)):
-        sec = {a.get("Label"): (a.text or "").strip() for a in ET.parse(path).getroot().iter("AbstractText")}
-        text = " ".join(t for t in (sec.get("FINDINGS", ""), sec.get("IMPRESSION", "")) if t)
-        if text:
-            texts.append(text)
+    texts = _load_reports()
     n = len(texts)
     hyps = [texts[(i + 3) % n] for i in range(n)]
     hyps[0], hyps[5] = texts[0], ""

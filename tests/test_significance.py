@@ -2,8 +2,6 @@
 plain loop that swaps texts and re-scores, its edge cases, and its place in evaluate.py's outputs."""
 
 import json
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,18 +11,11 @@ import evaluate
 from cxrgen.evaluation import evaluate_systems
 from cxrgen.metrics import significance
 from cxrgen.metrics.suite import score_texts
-
-REPORTS = Path(__file__).parent / "data" / "iu_reports"
+from test_metrics_crosscheck import _load_reports
 
 
 def _reports(n):
-    texts = []
-    for path in sorted(REPORTS.glob("*.xml"), key=lambda p: int(p.stem)):
-        sec = {a.get("Label"): (a.text or "").strip() for a in ET.parse(path).getroot().iter("AbstractText")}
-        text = " ".join(t for t in (sec.get("FINDINGS", ""), sec.get("IMPRESSION", "")) if t)
-        if text:
-            texts.append(text)
-    return texts[:n]
+    return _load_reports()[:n]
 
 
 def keyword_labels(texts):

@@ -30,18 +30,24 @@ METHOD = "percentile bootstrap, 95%, studies resampled with replacement"
 TEST_METHOD = "paired bootstrap, two-sided, shifted null: p = (1 + #{|d_b - mean(d)| >= |d_obs|}) / (B + 1)"
 
 
+def block_sizes(total: int, block: int) -> Iterator[int]:
+    """Sizes of consecutive blocks of at most ``block`` rows, ``total`` rows in all."""
+    done = 0
+    while done < total:
+        b = min(block, total - done)
+        yield b
+        done += b
+
+
 def resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """Yield blocks of resample count matrices, shape ``(block, n)``, ``n_boot`` rows in all."""
     if n <= 0:
         raise ValueError("cannot bootstrap an empty set of samples")
     rng = np.random.default_rng(seed)
-    done = 0
-    while done < n_boot:
-        b = min(BLOCK, n_boot - done)
+    for b in block_sizes(n_boot, BLOCK):
         idx = rng.integers(0, n, size=(b, n))
         flat = (idx + (np.arange(b) * n)[:, None]).ravel()
         yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        done += b
 
 
 def resampled_sums(stats: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:

@@ -33,6 +33,8 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from cxrgen.metrics.bootstrap import block_sizes
+
 DEFAULT_TRIALS = 10_000
 BLOCK = 500
 TIE_TOLERANCE = 1e-10
@@ -48,11 +50,8 @@ def swap_masks(n: int, trials: int, seed: int) -> Iterator[np.ndarray]:
     if n <= 0:
         raise ValueError("cannot randomise an empty set of samples")
     rng = np.random.default_rng(seed)
-    done = 0
-    while done < trials:
-        b = min(BLOCK, trials - done)
+    for b in block_sizes(trials, BLOCK):
         yield rng.random((b, n)) < 0.5
-        done += b
 
 
 def approximate_randomization(
