@@ -20,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from cxrgen.models.cxr_llava import (
     REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CheckpointError, CxrLlava, CxrLlavaConfig, render_prompt,
 )
+from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava.checkpoint import resolve
+from cxrgen.models.cxr_llava.decoding import DecodeStats, Request
 from cxrgen.models.cxr_llava.preprocess import preprocess_image
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
@@ -90,6 +92,135 @@ def test_greedy_reports_match_published_code_token_for_token(reference, batch_si
         assert report.text == row["text"], row["image"]
         assert report.stopped_at_eos == row["stopped_at_eos"]
         assert report.n_new_tokens == len(expected_ids)
+
+
+def _requests(model, names, seeds=None, limits=None):
+    pixels = [model.preprocess(im) for im in _images(names)]
+    return [Request(i, px, model.prompt_ids(), None if seeds is None else seeds[i],
+                    None if limits is None else limits[i]) for i, px in enumerate(pixels)]
+
+
+def _streamed(model, requests, **kwargs) -> tuple[dict, list]:
+    """Run stream_reports; the reports by key and the keys in the order they came back."""
+    by_key, order = {}, []
+    for done in model.stream_reports(requests, **kwargs):
+        for key, report in done:
+            assert key not in by_key, f"{key} handed back twice"
+            by_key[key] = report
+            order.append(key)
+    return by_key, order
+
+
+@pytest.mark.parametrize("slots,every", [(4, None), (3, 8)])
+def test_continuous_batching_with_more_studies_than_slots_matches_published_code(reference, slots, every):
+    """10 studies through 4 (or 3) slots: finished rows are refilled mid-run, and still every report is the
+    published code's, token for token; looking for </s> every 8 steps (as on GPUs) changes nothing."""
+    model, rows = reference
+    names = [rows[i % len(rows)]["image"] for i in range(10)]
+    stats = DecodeStats()
+    got, order = _streamed(model, _requests(model, names), slots=slots, max_new_tokens=rows[0]["max_new_tokens"],
+                           eos_check_every=every, stats=stats)
+    assert sorted(order) == list(range(10))
+    assert stats.prefills > 1 and stats.prefill_rows == 10  # slots were refilled while others were decoding
+    for i in range(10):
+        row = rows[i % len(rows)]
+        expected_ids = row["generated_ids"][:-1] if row["stopped_at_eos"] else row["generated_ids"]
+        assert got[i].token_ids == expected_ids, (i, row["image"])
+        assert got[i].text == row["text"] and got[i].stopped_at_eos == row["stopped_at_eos"]
+
+
+def test_continuous_batching_hands_back_reports_in_completion_order(reference):
+    model, rows = reference
+    lengths = {r["image"]: len(r["generated_ids"]) for r in rows}
+    names = sorted(lengths, key=lengths.get, reverse=True)  # longest first
+    _, order = _streamed(model, _requests(model, names), slots=len(names), max_new_tokens=64)
+    assert order != list(range(len(names)))  # the shortest came back first, not in input order
+    finished_length = [lengths[names[k]] for k in order]
+    assert finished_length == sorted(finished_length)
+
+
+def test_fixed_shape_decoder_equals_growing_cache_decoder(reference, tiny):
+    """The fixed-capacity, masked-attention step gives the growing-cache loop's tokens; greedy and sampled."""
+    model, rows = reference
+    images = _images([r["image"] for r in rows])
+    for kwargs in (dict(), dict(temperature=0.8, top_p=0.9, seed=list(range(8)))):
+        fixed = model.generate_reports(images, max_new_tokens=64, **kwargs)
+        growing = model.generate_reports(images, max_new_tokens=64, fixed_shape=False, **kwargs)
+        assert [(r.token_ids, r.stopped_at_eos) for r in fixed] == [(r.token_ids, r.stopped_at_eos) for r in growing]
+    assert len({tuple(r.token_ids) for r in fixed}) == len(images)
+
+
+def test_sampled_reports_do_not_depend_on_batch_or_slot(tiny):
+    names = ["CXR7_IM-2263-1001.png", "CXR3_IM-1384-1001.png", "00000001_000.png", "00000013_019.png"] * 2
+    seeds = [100 + i for i in range(len(names))]
+    kwargs = dict(max_new_tokens=30, temperature=1.0, top_p=0.9)
+    alone = [tiny.generate_reports(_images([n]), seed=s, **kwargs)[0].token_ids for n, s in zip(names, seeds)]
+    for slots in (1, 3):
+        got, _ = _streamed(tiny, _requests(tiny, names, seeds), slots=slots, **kwargs)
+        assert [got[i].token_ids for i in range(len(names))] == alone
+    assert alone[0] != alone[4]  # same image, other seed: another report
+
+
+def test_a_study_can_have_a_lower_token_limit_of_its_own(reference):
+    model, rows = reference
+    names = [r["image"] for r in rows]
+    full, _ = _streamed(model, _requests(model, names), slots=3, max_new_tokens=64)
+    limits = [None, 5, 1, 0, 70, None, 12, 3]
+    short, _ = _streamed(model, _requests(model, names, limits=limits), slots=3, max_new_tokens=64)
+    for i, limit in enumerate(limits):
+        cap = 64 if limit is None else min(limit, 64)
+        assert short[i].token_ids == full[i].token_ids[:cap], i
+        assert short[i].stopped_at_eos == (full[i].stopped_at_eos and full[i].n_new_tokens < cap)
+
+
+def test_compiled_decode_step_gives_the_same_tokens():
+    """torch.compile (inductor) of the fixed-shape step on the CPU: the same tokens as the eager step. One slot and
+    several studies, so the compiled step sees one shape and is compiled once."""
+    model, rows = CxrLlava.from_pretrained(REFERENCE / "tiny", device="cpu", dtype="float32"), _expected("tiny")
+    try:
+        import torch._inductor  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"torch.compile's inductor backend cannot be imported here: {e}")
+    names = [rows[i]["image"] for i in (0, 1, 2)]
+    eager, _ = _streamed(model, _requests(model, names), slots=1, max_new_tokens=24)
+    torch._dynamo.reset()
+    try:
+        compiled, _ = _streamed(model, _requests(model, names), slots=1, max_new_tokens=24,
+                                step=lambda module: torch.compile(module, dynamic=False))
+    except Exception as e:  # no C++ compiler, or inductor cannot build for this CPU
+        if "inductor" in type(e).__module__ or "Compil" in type(e).__name__ or "compile" in str(e).lower():
+            pytest.skip(f"inductor cannot compile on this machine: {type(e).__name__}: {str(e)[:200]}")
+        raise
+    finally:
+        torch._dynamo.reset()
+    assert [compiled[i].token_ids for i in range(3)] == [eager[i].token_ids for i in range(3)]
+
+
+def test_masked_keys_get_weight_exactly_zero():
+    """What the fixed-capacity attention relies on: with a boolean mask, SDPA gives masked keys weight exactly 0, so
+    whatever the masked cache positions hold (finite) does not change a single bit of the output; against the
+    shorter key range only the summation order differs (last-bit differences, no more)."""
+    torch.manual_seed(0)
+    n, capacity = 37, 200
+    q = torch.randn(3, 4, 1, 16)
+    k, v = torch.randn(3, 4, capacity, 16), torch.randn(3, 4, capacity, 16)
+    mask = (torch.arange(capacity) < n)[None, None, None].expand(3, 1, 1, capacity)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, n:] = 1e4 * torch.randn_like(k2[:, :, n:])
+    v2[:, :, n:] = 1e6
+    assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=mask), out)
+    short = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
+    torch.testing.assert_close(out, short, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_graphs_on_without_cuda_is_a_one_line_model_error(tiny):
+    with pytest.raises(ModelError, match=r"generation\.cuda_graphs: on needs a CUDA device.*cpu") as err:
+        tiny.generate_reports(_images(["CXR7_IM-2263-1001.png"]), max_new_tokens=4, cuda_graphs="on")
+    assert "\n" not in str(err.value)
+    off = tiny.generate_reports(_images(["CXR7_IM-2263-1001.png"]), max_new_tokens=4, cuda_graphs="off")
+    auto = tiny.generate_reports(_images(["CXR7_IM-2263-1001.png"]), max_new_tokens=4, cuda_graphs="auto")
+    assert off[0].token_ids == auto[0].token_ids
 
 
 def test_preprocessing_matches_published_code_bit_for_bit():
@@ -222,8 +353,15 @@ def test_lean_decoder_matches_transformers_llama_generate(tiny):
 def test_bfloat16_weights_and_generation(tiny_dir):
     model = CxrLlava.from_pretrained(tiny_dir, device="cpu", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    report = model.generate_reports(_images(["CXR7_IM-2263-1001.png"]), max_new_tokens=5)[0]
-    assert report.n_new_tokens + report.stopped_at_eos >= 1
+    images = _images(["CXR7_IM-2263-1001.png", "00000001_000.png"])
+    reports = model.generate_reports(images, max_new_tokens=5)
+    for report in reports:
+        assert report.n_new_tokens == len(report.token_ids) <= 5
+        assert report.stopped_at_eos or report.n_new_tokens == 5  # ended at </s> or at the limit, nothing else
+        assert all(0 <= t < model.config.vocab_size and t != model.tokenizer.eos_id for t in report.token_ids)
+    # the fixed-shape decoder and the growing-cache reference agree in bfloat16 too
+    reference = model.generate_reports(images, max_new_tokens=5, fixed_shape=False)
+    assert [r.token_ids for r in reports] == [r.token_ids for r in reference]
 
 
 # -- checkpoint layout and strict loading ----------------------------------------------------------------------------

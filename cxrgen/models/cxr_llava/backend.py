@@ -2,7 +2,10 @@
 
 Inputs per study: the published preprocessing (preprocess.py) in the DataLoader workers, float32 pixels [1, S, S].
 Prompt: the published report prompt unless ``prompt.system`` / ``prompt.user`` are set (the image goes before the
-user text). Decoding: :meth:`CxrLlava.generate_reports` on batches of ``generation.batch_size`` studies.
+user text). Decoding: continuous batching (:meth:`CxrLlava.stream_reports`): ``generation.batch_size`` slots, a
+finished study's slot refilled with the next one at once, reports handed back as they finish (completion order);
+``generation.cuda_graphs`` captures the decode step on CUDA. ``CxrLlavaBackend.batching = "static"`` runs fixed
+batches instead (:func:`cxrgen.models.base.static_batches`), for comparison.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class CxrLlavaBackend:
     """A loaded :class:`CxrLlava` behind the pipeline's interface."""
 
     name = "cxr_llava"
+    batching = "continuous"  # or "static": fixed batches, each decoded until its longest report ends
 
     def __init__(self, model, *, adapter: dict | None = None, quantization: str = "none"):
         self.model = model
@@ -69,19 +73,31 @@ class CxrLlavaBackend:
         return render_prompt(*_prompt_parts(prompt))
 
     def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
-        import torch
+        from .decoding import Request, resolve_cuda_graphs
 
         ids = self.model.tokenizer.encode_prompt(self.render_prompt(prompt))
+        resolve_cuda_graphs(generation.cuda_graphs, self.device)  # refuse `on` off CUDA before taking any study
+        settings = dict(max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
+                        top_p=generation.top_p, cuda_graphs=generation.cuda_graphs)
+        if self.batching == "static":
+            def generate(batch: list[Item]):
+                pixels = np.stack([item.inputs for item in batch])
+                return self.model.generate_reports(pixels, prompt=ids, seed=[item.seed for item in batch],
+                                                   **settings)
 
-        def generate(batch: list[Item]):
-            pixels = torch.from_numpy(np.stack([item.inputs for item in batch]))
-            if self.device.type == "cuda":
-                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-            return self.model.generate_reports(
-                pixels, prompt=ids, max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
-                top_p=generation.top_p, seed=[item.seed for item in batch])
+            yield from static_batches(generate, items, generation.batch_size)
+            return
+        if self.batching != "continuous":
+            raise ModelError(f"CxrLlavaBackend.batching must be continuous or static; got {self.batching!r}")
+        taken: dict[int, Item] = {}
 
-        yield from static_batches(generate, items, generation.batch_size)
+        def requests():
+            for item in items:
+                taken[id(item)] = item
+                yield Request(id(item), item.inputs, ids, item.seed)
+
+        for done in self.model.stream_reports(requests(), slots=generation.batch_size, **settings):
+            yield [(taken.pop(key), report) for key, report in done]
 
 
 def checkpoint_digest(folder: Path) -> str | None:
