@@ -197,12 +197,13 @@ def test_refuses_tensors_that_match_nothing(tiny_dir, tmp_path):
         _refusal(tiny_dir, tmp_path / "gpt2")
     write_lora(tmp_path / "extra")
     _edit_tensors(tmp_path / "extra", lambda t: {**t, "base_model.model.lm_head.weight": torch.zeros(3)})
-    assert "tensor base_model.model.lm_head.weight is not a LoRA A or B matrix" in _refusal(tiny_dir, tmp_path / "extra")
+    assert "tensor base_model.model.lm_head.weight is not a LoRA A or B matrix" in \
+        _refusal(tiny_dir, tmp_path / "extra")
     write_lora(tmp_path / "untargeted", target_modules=["v_proj"])
     assert "q_proj, which target_modules ['v_proj']" in _refusal(tiny_dir, tmp_path / "untargeted")
     write_lora(tmp_path / "lonely")
-    _edit_tensors(tmp_path / "lonely", lambda t: {k: v for k, v in t.items()
-                                                  if k != "base_model.model.llama.layers.1.self_attn.v_proj.lora_B.weight"})
+    dropped = "base_model.model.llama.layers.1.self_attn.v_proj.lora_B.weight"
+    _edit_tensors(tmp_path / "lonely", lambda t: {k: v for k, v in t.items() if k != dropped})
     assert "layers.1.self_attn.v_proj.lora_A.weight has no matching lora_B" in _refusal(tiny_dir, tmp_path / "lonely")
 
 
@@ -221,7 +222,8 @@ def test_refuses_shapes_that_do_not_fit(tiny_dir, tmp_path):
 def test_refuses_other_peft_types_missing_folders_and_other_bases(tiny_dir, tmp_path, caplog):
     write_lora(tmp_path / "ia3")
     (tmp_path / "ia3" / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}))
+        {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+         "feedforward_modules": ["down_proj"]}))
     assert "peft_type is 'IA3'; only LoRA adapters" in _refusal(tiny_dir, tmp_path / "ia3")
     assert f"model.adapter {tmp_path / 'nowhere'}: no such adapter folder" in _refusal(tiny_dir, tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
@@ -363,3 +365,50 @@ def test_the_cxr_llava_path_does_not_import_peft():
     code = "import sys, cxrgen.models.adapters; print('peft' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_transformers_backend_reports_with_adapter_equal_premerged_checkpoint(tmp_path, family):
+    """Through the transformers backend's load() and stream(): the tiny LLaVA-HF / Gemma-3 checkpoints."""
+    from transformers import AutoModelForImageTextToText
+
+    from cxrgen.config import GenerationConfig, PromptConfig
+    from cxrgen.models.base import Item
+    from cxrgen.models.transformers import tiny
+
+    base = getattr(tiny, f"build_tiny_{family}")(tmp_path / "base")
+    adapter = tmp_path / "lora"
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(5)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                      init_lora_weights=False)
+    peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32), lora)
+    peft_model.save_pretrained(adapter)
+    # a strong adapter, so that it changes even the tiny Gemma-3's (repetitive) greedy reports
+    _edit_tensors(adapter, lambda t: {k: v * 20 if ".lora_B." in k else v for k, v in t.items()})
+    premerged = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    with torch.no_grad():
+        for key, a in tensors.items():
+            if ".lora_A." in key:
+                module = premerged.get_submodule(key[len("base_model.model."):].split(".lora_A.")[0])
+                module.weight += 2.0 * (tensors[key.replace("lora_A", "lora_B")] @ a)
+    shutil.copytree(base, tmp_path / "merged")
+    premerged.save_pretrained(tmp_path / "merged")
+
+    def reports(folder, lora=None):
+        backend = load(ModelConfig(name_or_path=str(folder), backend="transformers", device="cpu",
+                                   dtype="float32", adapter=str(lora) if lora else None))
+        prepare = backend.image_preparer()
+        items = [Item(i, prepare(Image.open(p).convert("L")), 0) for i, p in enumerate(IMAGES)]
+        out = {}
+        for done in backend.stream(iter(items), PromptConfig(user="Describe the findings."),
+                                   GenerationConfig(batch_size=2, max_new_tokens=12)):
+            out.update({item.key: report.token_ids for item, report in done})
+        return out, backend.describe()
+
+    with_adapter, described = reports(base, adapter)
+    assert described["adapter"]["modules_merged"] > 0 and described["adapter"]["r"] == 4
+    assert with_adapter == reports(tmp_path / "merged")[0]
+    assert with_adapter != reports(base)[0]

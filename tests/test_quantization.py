@@ -38,8 +38,12 @@ def _cuda_machine(monkeypatch, *, build="12.4", visible=True, installed=True):
     monkeypatch.setattr(torch.version, "cuda", build)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: visible)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: (object() if installed else None) if name == "bitsandbytes" else real(name, *a))
+    def find_spec(name, *args):
+        if name == "bitsandbytes":
+            return object() if installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
 # -- check_quantization ----------------------------------------------------------------------------------------------
@@ -173,7 +177,8 @@ def test_replaces_the_llama_linear_layers_only(tiny_dir, monkeypatch, mode, laye
     params = [kw for name, kw in calls if name == param]
     assert len(layers) == len(params) == len(LLAMA_LINEARS)
     if mode == "4bit":
-        assert all(kw == dict(compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4") for kw in layers)
+        nf4 = dict(compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+        assert all(kw == nf4 for kw in layers)
         assert all(kw["quant_type"] == "nf4" and kw["compress_statistics"] for kw in params)
     else:
         assert all(kw == dict(has_fp16_weights=False, threshold=6.0) for kw in layers)
