@@ -348,6 +348,21 @@ def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, mod
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
 
 
+def test_evaluation_refuses_a_shard_part_left_from_an_earlier_run(tmp_path, tiny_dir, model):
+    from cxrgen.evaluation import EvaluationInputError, read_results_csv
+
+    manifest = write_manifest(tmp_path, 4)
+    first = load_config(make_config(tmp_path, tiny_dir, manifest, "ev"))
+    for i in range(2):
+        runner.generate(first, shard=(i, 2), model=model, progress=False)
+    second = load_config(make_config(tmp_path, tiny_dir, manifest, "ev", generation__max_new_tokens=5))
+    assert runner.generate(second, shard=(0, 2), resume=False, model=model, progress=False) == 0
+    parts = tmp_path / "runs" / "ev" / "parts"
+    assert len(read_results_csv(parts / "shard-0-of-2.csv")) == 2
+    with pytest.raises(EvaluationInputError, match="earlier run"):
+        read_results_csv(parts / "shard-1-of-2.csv")
+
+
 def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch):
     manifest = write_manifest(tmp_path, 4)
     cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "m"))

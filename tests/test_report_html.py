@@ -239,6 +239,23 @@ def test_summary_block_formats_numbers_like_summary_md_and_escapes_markup():
         assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).format == "PNG"
 
 
+def test_header_names_the_model_its_revision_or_digest_and_the_commit():
+    run = {"model": {"source": "/ckpt/<tiny>", "backend": "cxr_llava", "revision": None, "digest": "ab12cd34",
+                     "quantization": "4bit", "adapter": {"path": "lora-a"}},
+           "project": {"commit": "0123456789abcdef" * 2 + "01234567", "local_changes": True, "version": "0.1.0"}}
+    page = build_results_page(systems_fixture(), {"run": run}, thumbnail_px=0, findings=False, plots_enabled=False)
+    line = page.split('<p class="provenance">', 1)[1].split("</p>", 1)[0]
+    assert "/ckpt/&lt;tiny&gt;" in line and "digest ab12cd34" in line and "4bit" in line and "lora-a" in line
+    assert "0123456789ab with local changes" in line
+    run["model"]["revision"] = "f" * 40
+    run["project"] = {"commit": None, "local_changes": None, "version": "0.1.0"}
+    page = build_results_page(systems_fixture(), {"run": run}, thumbnail_px=0, findings=False, plots_enabled=False)
+    line = page.split('<p class="provenance">', 1)[1].split("</p>", 1)[0]
+    assert f"revision {'f' * 40}" in line and "digest" not in line and "version 0.1.0" in line
+    assert 'class="provenance"' not in build_results_page(systems_fixture(), {}, thumbnail_px=0, findings=False,
+                                                          plots_enabled=False)
+
+
 def test_attach_scores_joins_per_sample_columns_by_id():
     rows = pd.DataFrame({"id": [" a", "b", "c"], "generated_report": ["x", "", "y"], "status": ["ok", "error", "ok"],
                          "rouge_l": [9.0, 9.0, 9.0]}, index=[10, 11, 12])

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from cxrgen import parts
+from cxrgen import runstore
 from cxrgen.evaluation.common import (
     SOURCE_FILE,
     SOURCE_LINE,
@@ -62,14 +62,23 @@ _SHARD = re.compile(r"shard-\d+-of-\d+")
 
 def committed_length(path: Path) -> int | None:
     """The committed byte length of a runner shard part (its ``.committed`` marker, read with
-    :mod:`cxrgen.parts`), or None for any other file or a part without a marker."""
+    :mod:`cxrgen.runstore`), or None for any other file or a part without a marker. A part whose
+    marker names another run than its run folder's ``parts/run-config.json`` (left over from an
+    earlier run in the same folder) is an error."""
     if not _SHARD.fullmatch(path.stem):
         return None
     try:
-        marker = parts.read_marker(path)
-    except ValueError as exc:
+        marker = runstore.read_marker(path)
+        saved = runstore.read_json(runstore.run_config_path(path.parent.parent)) if path.parent.name == "parts" else None
+    except (ValueError, runstore.RunError) as exc:
         raise EvaluationInputError(str(exc)) from None
-    return None if marker is None else marker[1]
+    if marker is None:
+        return None
+    run_id, length = marker
+    if saved and run_id is not None and saved.get("run_id") not in (None, run_id):
+        raise EvaluationInputError(f"{path}: written by run {run_id}, but its run folder is now run "
+                                   f"{saved.get('run_id')}: a part left from an earlier run, not part of this one")
+    return length
 
 
 def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:

@@ -410,6 +410,30 @@ def json_for_script(data) -> str:
 fmt_value, fmt_entry, fmt_p = tables.fmt_value, tables.fmt_entry, tables.fmt_p
 
 
+def _provenance_html(run: Mapping) -> str:
+    """One line under the title for a generation run: the model, its revision or digest, the project's commit."""
+    model, project = run.get("model") or {}, run.get("project") or {}
+    if not model and not project:
+        return ""
+    e = html.escape
+    items = []
+    if model:
+        version = (f"revision {model['revision']}" if model.get("revision")
+                   else f"digest {model['digest']}" if model.get("digest") else "unversioned local folder")
+        extra = "".join(f", {k} {e(str(model[k]))}" for k in ("quantization",) if model.get(k) not in (None, "none"))
+        adapter = model.get("adapter")
+        if adapter:
+            extra += f", adapter {e(str(adapter.get('path') if isinstance(adapter, Mapping) else adapter))}"
+        items.append(f'model <code id="run-model">{e(str(model.get("source")))}</code> '
+                     f'({e(str(model.get("backend")))}, {e(version)}{extra})')
+    if project:
+        commit = project.get("commit")
+        text = (commit[:12] + (" with local changes" if project.get("local_changes") else "")) if commit \
+            else f"version {project.get('version')}"
+        items.append(f'cxrgen <code id="run-commit">{e(text)}</code>')
+    return '<p class="provenance">' + "; ".join(items) + "</p>"
+
+
 def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict) -> tuple[str, str]:
     """(signature and counts, metric tables with notes and worst-case links) as HTML."""
     e = html.escape
@@ -547,6 +571,7 @@ def build_results_page(
     # distributions below them; then the studies.
     body = [
         f"<h1>{e(title)}</h1>",
+        _provenance_html(summary.get("run") or {}),
         '<section id="summary"><h2>Summary</h2>',
         head,
         '<div class="overview"><div class="tables">',
