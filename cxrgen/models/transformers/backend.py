@@ -379,6 +379,9 @@ class TransformersBackend:
 
     def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
         text = self.render_prompt(prompt)
+        if generation.cuda_graphs == "on":
+            log.warning("generation.cuda_graphs: on has no effect on the transformers backend (it decodes with "
+                        "transformers' generate)")
         if self.split:
             self._text_inputs(text)  # a prompt the processor refuses is an error before the first batch
 

@@ -63,18 +63,24 @@ def _bpe_tokenizer(special: list[str], bos: str, vocab_size: int):
     return tokenizer
 
 
-def _scale_weights(model, std: float, seed: int) -> None:
+def _scale_weights(model, std: float, seed: int, eos_ids: list[int], eos_scale: float) -> None:
     """Redraw the matrices with a larger spread than the training init, so that different images give different
-    reports; norms and biases keep the model's own init (which knows, e.g., that Gemma's norms scale by 1 + w)."""
+    reports; norms and biases keep the model's own init (which knows, e.g., that Gemma's norms scale by 1 + w).
+    The output rows of the end-of-sequence tokens are scaled by ``eos_scale``, so that some reports end before
+    ``max_new_tokens`` and others do not."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() >= 2 and "norm" not in name:
                 param.copy_(std * torch.randn(param.shape, generator=generator))
+        head = model.get_output_embeddings()
+        if head is None:  # BLIP keeps its output layer in the text decoder
+            head = model.text_decoder.get_output_embeddings()
+        head.weight[eos_ids] *= eos_scale
 
 
 def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
-                     std: float = 0.4) -> Path:
+                     std: float = 0.4, eos_scale: float = 1.5) -> Path:
     """A tiny ``LlavaForConditionalGeneration`` (CLIP vision + Llama text) with its ``LlavaProcessor``."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
@@ -101,7 +107,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, image_size: int = 32
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    _scale_weights(model, std, seed)
+    _scale_weights(model, std, seed, [tokenizer.eos_token_id], eos_scale)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
@@ -110,7 +116,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, image_size: int = 32
 
 
 def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
-                      tokens_per_image: int = 4, std: float = 0.15) -> Path:
+                      tokens_per_image: int = 4, std: float = 0.15, eos_scale: float = 1.5) -> Path:
     """A tiny ``Gemma3ForConditionalGeneration`` (SigLIP vision + Gemma-3 text) with its ``Gemma3Processor``."""
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
                               Gemma3TextConfig, PreTrainedTokenizerFast, SiglipVisionConfig)
@@ -139,10 +145,51 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, image_size: int = 3
                           eoi_token_id=ids["<end_of_image>"], tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config)
-    _scale_weights(model, std, seed)
+    _scale_weights(model, std, seed, [ids["<eos>"], ids["<end_of_turn>"]], eos_scale)
     model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]
     model.generation_config.pad_token_id = ids["<pad>"]
     model.generation_config.bos_token_id = ids["<bos>"]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_blip(out_dir: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                    std: float = 0.3, eos_scale: float = 1.5) -> Path:
+    """A tiny ``BlipForConditionalGeneration`` captioner with its ``BlipProcessor`` (no chat template), the layout
+    of nathansutton/generate-cxr; a lower-cased WordPiece tokenizer as BERT's."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor,
+                              BlipTextConfig, BlipVisionConfig, PreTrainedTokenizerFast)
+
+    from ..cxr_llava.tiny import _corpus
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    wordpiece.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=500, special_tokens=special,
+                                                                       show_progress=False))
+    ids = {t: wordpiece.token_to_id(t) for t in special}
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+                              tokenizer=tokenizer)
+    vision = BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size)
+    text = BlipTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, encoder_hidden_size=32, bos_token_id=ids["[DEC]"],
+                          pad_token_id=ids["[PAD]"], sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"])
+    config = BlipConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=32,
+                        image_text_hidden_size=32)
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config)
+    _scale_weights(model, std, seed, [ids["[SEP]"]], eos_scale)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
