@@ -46,7 +46,7 @@ from . import __version__
 from . import runstore
 from .config import Config
 from .datasets import Selection, Study, load_studies
-from .models import Item, resolve_backend
+from .models import Item, identity
 from .runstore import COLUMNS, PartFile, PartReadBackError, RunError, part_name, read_reports_csv  # noqa: F401
 from .threads import allotted_cpus, configure_threads
 
@@ -198,20 +198,20 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _defining(cfg: Config, backend: str | None = None) -> dict:
+def _defining(cfg: Config, model_identity: dict | None = None) -> dict:
+    """The run-defining settings, with the model's identity (resolved backend, adapter digest) laid over them."""
     d = cfg.to_dict()
     out = {}
     for key in RUN_DEFINING:
         section, _, name = key.partition(".")
         out[key] = d[section][name] if name else d[section]
-    if backend is not None:
-        out["model.backend"] = backend
+    out.update({k: v for k, v in (model_identity or {}).items() if v is not None})
     return out
 
 
-def run_id_of(cfg: Config, shards: int, limit: int | None, ids: list[str], backend: str | None = None) -> str:
-    """A digest of what decides the reports: settings, number of shards, --limit and the selected ids."""
-    digest = hashlib.sha256(json.dumps({"settings": _defining(cfg, backend), "shards": shards, "limit": limit},
+def run_id_of(cfg: Config, shards: int, limit: int | None, ids: list[str], model_identity: dict | None = None) -> str:
+    """A digest of what decides the reports: settings, model identity, number of shards, --limit, selected ids."""
+    digest = hashlib.sha256(json.dumps({"settings": _defining(cfg, model_identity), "shards": shards, "limit": limit},
                                        sort_keys=True, default=str).encode())
     for study_id in ids:
         digest.update(study_id.encode("utf-8") + b"\0")
@@ -228,10 +228,10 @@ def _committed_rows_of(run_dir: Path, run_id: str, shards: int) -> bool:
 
 
 def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool, limit: int | None,
-               selection: Selection, backend: str) -> str:
+               selection: Selection, model_identity: dict) -> str:
     """Record the run's settings and selection on first start; refuse to resume under different ones."""
     ids = [s.id for s in selection.studies]
-    run_id = run_id_of(cfg, shard[1], limit, ids, backend)
+    run_id = run_id_of(cfg, shard[1], limit, ids, model_identity)
     path = runstore.run_config_path(run_dir)
     saved = runstore.read_json(path) if resume else None
     if saved is not None:
@@ -239,8 +239,8 @@ def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool,
             return run_id
         if _committed_rows_of(run_dir, saved.get("run_id", ""), int(saved.get("shards") or 0)):
             saved_cfg = Config.from_dict(saved["config"])
-            before = _defining(saved_cfg, saved.get("backend"))
-            diff = [k for k, v in _defining(cfg, backend).items() if before.get(k) != v]
+            before = _defining(saved_cfg, saved.get("model_identity"))
+            diff = [k for k, v in _defining(cfg, model_identity).items() if before.get(k) != v]
             if saved.get("shards") != shard[1]:
                 diff.append(f"number of shards ({saved.get('shards')} before)")
             if saved.get("limit") != limit:
@@ -253,7 +253,7 @@ def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool,
             )
         log.info("%s: an earlier start with other settings committed no row; its records are replaced", run_dir)
     runstore.atomic_write(runstore.selection_path(run_dir), json.dumps(ids).encode())
-    runstore.write_json(path, {"run_id": run_id, "backend": backend, "config": cfg.to_dict(), "limit": limit,
+    runstore.write_json(path, {"run_id": run_id, "model_identity": model_identity, "config": cfg.to_dict(), "limit": limit,
                                "shards": shard[1], "dataset_counts": selection.counts,
                                "data_files": data_files(cfg)})
     return run_id
@@ -345,9 +345,9 @@ def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> 
     run_dir = cfg.run_dir
     selection = select_studies(cfg, limit)
     studies = shard_studies(selection.studies, shard)
-    backend_name = getattr(model, "name", None) or resolve_backend(cfg.model)
+    model_identity = identity(cfg.model, getattr(model, "name", None))
     (run_dir / "parts").mkdir(parents=True, exist_ok=True)
-    run_id = _start_run(run_dir, cfg, shard, resume, limit, selection, backend_name)
+    run_id = _start_run(run_dir, cfg, shard, resume, limit, selection, model_identity)
     part = PartFile(runstore.part_path(run_dir, shard), run_id)
     if not resume:
         part.path.unlink(missing_ok=True)

@@ -412,3 +412,25 @@ def test_transformers_backend_reports_with_adapter_equal_premerged_checkpoint(tm
     assert described["adapter"]["modules_merged"] > 0 and described["adapter"]["r"] == 4
     assert with_adapter == reports(tmp_path / "merged")[0]
     assert with_adapter != reports(base)[0]
+
+
+def test_a_run_refuses_to_resume_when_the_adapter_files_changed(tiny_dir, tmp_path):
+    """The adapter's content, not only its path, defines a run: new weights under the same path are not mixed in."""
+    from cxrgen import runner
+    from cxrgen.config import load_config
+
+    images = sorted((Path(__file__).resolve().parents[1] / "demo" / "images").glob("*.png"))[:2]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image_path,reference\n" + "".join(f"s{i},{p},clear lungs\n" for i, p in enumerate(images)))
+    write_lora(tmp_path / "lora", seed=1)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "model": {"name_or_path": str(tiny_dir), "device": "cpu", "adapter": str(tmp_path / "lora")},
+        "generation": {"max_new_tokens": 4}, "data": {"format": "manifest", "manifest": str(manifest), "split": "all"},
+        "loader": {"num_workers": 0}, "output": {"dir": str(tmp_path / "runs"), "run_name": "a", "html": False},
+        "evaluation": {"bootstrap": 0}}))
+    assert runner.generate(load_config(config), progress=False) == 0
+    assert runner.generate(load_config(config), progress=False) == 0  # same files: resumes (nothing to do)
+    write_lora(tmp_path / "lora", seed=2)
+    with pytest.raises(runner.RunError, match="model.adapter_sha256"):
+        runner.generate(load_config(config), progress=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .base import GeneratedReport, Item, ModelError, ReportGenerator, static_batches
 
-__all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "ReportGenerator", "download", "load",
+__all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "ReportGenerator", "download", "identity", "load",
            "resolve_backend", "static_batches"]
 
 BACKENDS = {
@@ -89,6 +89,18 @@ def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
     if raw is None:
         raise ModelError(f"model.name_or_path {model_cfg.name_or_path}: no config.json in the checkpoint folder")
     return "cxr_llava" if "clip_vision_cfg" in raw else "transformers"
+
+
+def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
+    """What decides the reports beyond the settings themselves: the backend that runs them (``backend`` when the
+    caller already has one, else resolved) and the content digest of the adapter, if any (so that a resumed run
+    refuses an adapter whose files changed under the same path)."""
+    digest = None
+    if model_cfg.adapter:
+        from .adapters import adapter_digest
+
+        digest = adapter_digest(model_cfg)
+    return {"model.backend": backend or resolve_backend(model_cfg), "model.adapter_sha256": digest}
 
 
 def load(model_cfg) -> ReportGenerator:

@@ -89,6 +89,12 @@ def resolve_adapter(model_cfg) -> Adapter:
     return Adapter(spec, folder, commit, config, weights)
 
 
+def adapter_digest(model_cfg) -> str:
+    """sha256 over the adapter's config and weight file: what identifies its content, wherever it lies."""
+    adapter = resolve_adapter(model_cfg)
+    return hashlib.sha256(f"{_sha256(adapter.folder / CONFIG_FILE)}:{_sha256(adapter.weights)}".encode()).hexdigest()
+
+
 def _adapter_folder(spec: str, allow_download: bool) -> tuple[Path, str | None]:
     path = Path(spec).expanduser()
     if path.exists():
