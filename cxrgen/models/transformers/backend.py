@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .. import _offline
 from ..base import Finished, GeneratedReport, Item, ModelError, static_batches
 
 log = logging.getLogger("cxrgen")
@@ -58,10 +58,6 @@ BIN_FILES = ["*.bin"]
 
 #: Model types whose generate() stops at a token of its own rather than generation_config.eos_token_id.
 _SEP_STOPPING = {"blip"}
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 # -- finding the checkpoint --------------------------------------------------------------------------------------
