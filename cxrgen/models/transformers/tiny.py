@@ -3,8 +3,10 @@
 Tests (and anyone who wants to see the ``transformers`` backend run without real weights) build them offline in
 seconds: a LLaVA-HF checkpoint (``LlavaForConditionalGeneration`` + ``LlavaProcessor``: CLIP vision tower, Llama
 text model) and a Gemma-3 one (``Gemma3ForConditionalGeneration`` + ``Gemma3Processor``: SigLIP vision tower,
-Gemma-3 text model; MedGemma's architecture). The tokenizer is a real byte-fallback BPE trained here on the bundled
-report texts, with a chat template on the processor. The weights are random, so the reports are noise.
+Gemma-3 text model; MedGemma's architecture), each with a real byte-fallback BPE tokenizer trained here on the
+bundled report texts and a chat template on the processor, and a BLIP captioner (``BlipForConditionalGeneration`` +
+``BlipProcessor``, a WordPiece tokenizer, no chat template: nathansutton/generate-cxr's layout). The weights are
+random, so the reports are noise.
 """
 
 from __future__ import annotations
