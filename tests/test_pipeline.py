@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrgen import runner
+from cxrgen import runner, runstore
 from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
@@ -73,7 +73,7 @@ def run_cli(*args, env=None, timeout=120):
 
 
 def reports(run_dir: Path) -> pd.DataFrame:
-    return runner.read_reports_csv(run_dir / "reports.csv", "reports.csv")
+    return runstore.read_reports_csv(run_dir / "reports.csv", "reports.csv")
 
 
 # -- configuration ---------------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def model_image(path):
 def test_tricky_text_survives_the_csv(tmp_path):
     rows = [{"id": "a,1", "image_path": "x", "reference": 'He said "no"\nnew line, comma', "generated_report": "é ✓ \r\n",
              "status": "ok", "error": "", "n_new_tokens": 3, "stopped_at_eos": True, "seconds": 0.5}]
-    part = runner.PartFile(tmp_path / "p.csv")
+    part = runstore.PartFile(tmp_path / "p.csv")
     part.append(rows)
     back = part.read()
     assert back.loc[0, "reference"] == rows[0]["reference"] and back.loc[0, "id"] == "a,1"
@@ -235,7 +235,7 @@ def test_run_json_says_exactly_what_ran(tmp_path, tiny_dir, model):
 
 
 def test_uncommitted_bytes_are_cut_on_recovery(tmp_path):
-    part = runner.PartFile(tmp_path / "p.csv")
+    part = runstore.PartFile(tmp_path / "p.csv")
     row = {"id": "1", "image_path": "x", "reference": "r", "generated_report": "g", "status": "ok", "error": "",
            "n_new_tokens": 1, "stopped_at_eos": False, "seconds": 0.1}
     part.append([row])
@@ -378,7 +378,7 @@ def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch)
 
 def _committed_rows(run_dir: Path) -> int:
     try:
-        return len(runner.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read())
+        return len(runstore.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read())
     except (FileNotFoundError, runner.RunError):  # not started yet, or a marker being replaced
         return 0
 

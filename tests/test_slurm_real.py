@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrgen import runner
+from cxrgen import runner, runstore
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def _fresh_clone(dest: Path) -> Path:
 
 def _committed(part: Path) -> int:
     try:
-        return len(runner.PartFile(part).read())
+        return len(runstore.PartFile(part).read())
     except (FileNotFoundError, runner.RunError):  # not started yet, or a marker being replaced
         return 0
 
@@ -303,7 +303,7 @@ def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm)
     assert re.findall(r"(\d+) already done", out1) == ["0"], out1
     assert not (clone / "logs").exists()
 
-    reports = runner.read_reports_csv(run_dir / "reports.csv", "reports.csv")
+    reports = runstore.read_reports_csv(run_dir / "reports.csv", "reports.csv")
     assert sorted(reports["id"]) == ids and reports["id"].is_unique
     assert (reports["status"] == "ok").all()
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from cxrgen import runner
+from cxrgen import runner, runstore
 from cxrgen.config import Config, ModelConfig, PromptConfig, load_config
 from cxrgen.imaging import read_image
 from cxrgen.models import ModelError
@@ -72,7 +72,7 @@ def run_config(tmp: Path, folder: Path, run_name: str, *, system: str | None = S
 def run(tmp: Path, folder: Path, backend, run_name: str, **sections) -> pd.DataFrame:
     cfg = Config.from_dict(run_config(tmp, folder, run_name, **sections))
     assert runner.generate(cfg, model=backend, progress=False) == runner.EXIT_OK
-    return runner.read_reports_csv(tmp / "runs" / run_name / "reports.csv", "reports.csv")
+    return runstore.read_reports_csv(tmp / "runs" / run_name / "reports.csv", "reports.csv")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_cli_runs_a_transformers_checkpoint(tmp_path, checkpoints, reference):
     result = subprocess.run([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    frame = runner.read_reports_csv(tmp_path / "runs" / "cli" / "reports.csv", "reports.csv")
+    frame = runstore.read_reports_csv(tmp_path / "runs" / "cli" / "reports.csv", "reports.csv")
     assert as_rows(frame) == reference["llava"]
 
 

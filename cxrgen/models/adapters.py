@@ -27,7 +27,6 @@ Two entry points, one per backend, both returning what was merged for run.json:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ModelError
+from .base import ModelError, read_json_object
 
 log = logging.getLogger("cxrgen")
 
@@ -71,14 +70,8 @@ def resolve_adapter(model_cfg) -> Adapter:
     spec = str(model_cfg.adapter)
     folder, commit = _adapter_folder(spec, model_cfg.allow_download)
     config_file = folder / CONFIG_FILE
-    if not config_file.is_file():
-        raise ModelError(f"model.adapter {spec}: no {CONFIG_FILE} in {folder} (not a PEFT adapter folder)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{config_file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{config_file}: expected a JSON object")
+    config = read_json_object(config_file, f"model.adapter {spec}: no {CONFIG_FILE} in {folder} (not a PEFT adapter "
+                                           "folder)")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise ModelError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters (LORA) can be "

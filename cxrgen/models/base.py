@@ -26,6 +26,23 @@ class ModelError(ValueError):
     """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
 
 
+def read_json_object(file, missing: str) -> dict:
+    """A JSON object from a checkpoint or adapter file; ``missing`` is the message when the file is absent."""
+    import json
+    from pathlib import Path
+
+    file = Path(file)
+    if not file.is_file():
+        raise ModelError(missing)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{file}: not a JSON object")
+    return raw
+
+
 @dataclass
 class GeneratedReport:
     text: str

@@ -35,7 +35,6 @@ new tokens up to the first end-of-sequence id (``generation_config.eos_token_id`
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import pickle
 import re
@@ -46,7 +45,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import _offline
-from ..base import Finished, GeneratedReport, Item, ModelError, static_batches
+from ..base import Finished, GeneratedReport, Item, ModelError, read_json_object, static_batches
 
 log = logging.getLogger("cxrgen")
 
@@ -112,15 +111,7 @@ def download(model_cfg) -> tuple[Path, str | None]:
 
 def _read_config(folder: Path) -> dict:
     file = folder / "config.json"
-    if not file.is_file():
-        raise ModelError(f"{file}: missing (a transformers checkpoint folder has config.json)")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"{file}: not a JSON object")
-    return raw
+    return read_json_object(file, f"{file}: missing (a transformers checkpoint folder has config.json)")
 
 
 def _model_class(folder: Path, raw: dict, trust_remote_code: bool):
