@@ -25,6 +25,7 @@ from cxrgen.models.cxr_llava.checkpoint import resolve
 from cxrgen.models.cxr_llava.decoding import DecodeStats, Request
 from cxrgen.models.cxr_llava.preprocess import preprocess_image
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
+from cxrgen.threads import configure_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "upstream_reference"
@@ -49,6 +50,15 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tiny_dir) -> CxrLlava:
     return CxrLlava.from_pretrained(tiny_dir, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    """The pipeline's CPU thread setting (cxrgen.threads), as runs use it; restored afterwards."""
+    before = torch.get_num_threads()
+    configure_threads(torch.device("cpu"))
+    yield
+    torch.set_num_threads(before)
 
 
 def _images(names):
@@ -335,15 +345,22 @@ def test_sampling_is_seeded_per_image_and_independent_of_the_batch(tiny):
 
 
 def test_lean_decoder_matches_transformers_llama_generate(tiny):
-    """The decode loop's own attention and cache give the tokens of LlamaForCausalLM.generate."""
+    """The language model's own modules (llama.py) and the decoders' attention and cache give the tokens of
+    transformers' LlamaForCausalLM.generate with the same weights, which also loads them under the same names."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    reference = LlamaForCausalLM(LlamaConfig(**tiny.config.llama)).eval()
+    missing, unexpected = reference.load_state_dict(tiny.language_model.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in name for name in missing)
     images = _images(["CXR7_IM-2263-1001.png", "00000001_000.png"])
     pixels = torch.from_numpy(np.stack([tiny.preprocess(im) for im in images]))
     ours = tiny.generate_reports(pixels, max_new_tokens=24)
+    assert ours[0].token_ids != ours[1].token_ids
     for row, report in enumerate(ours):
         embeds, _ = tiny._prompt_embeddings(tiny.encode_images(pixels[row:row + 1]), [tiny.prompt_ids()])
         with torch.no_grad():
-            out = tiny.language_model.generate(inputs_embeds=embeds, max_new_tokens=24, do_sample=False,
-                                               eos_token_id=2, pad_token_id=0)
+            out = reference.generate(inputs_embeds=embeds, max_new_tokens=24, do_sample=False,
+                                     eos_token_id=2, pad_token_id=0)
         theirs = out[0].tolist()
         if theirs and theirs[-1] == 2:
             theirs = theirs[:-1]

@@ -1,11 +1,12 @@
 """CXR-LLaVA-v2 on current transformers: ViT image encoder, linear projector, Llama-2 language model.
 
     pixels [B,1,S,S] -> VisionTower -> patch tokens [B, (S/P)^2, width] -> mm_projector -> image embeddings
-    prompt ids before <image> | image embeddings | prompt ids after <image> -> LlamaForCausalLM -> report tokens
+    prompt ids before <image> | image embeddings | prompt ids after <image> -> Llama-2 (llama.py) -> report tokens
 
-Generation is batched and written out here rather than delegated to ``generate``; the language model is
-transformers' own ``LlamaForCausalLM``, whose submodules (norms, projections, MLPs, head) the decoders call, doing
-the attention themselves with ``scaled_dot_product_attention`` over their cache. Two decoders:
+Generation is batched and written out here rather than delegated to ``generate``; the language model (llama.py)
+has transformers' ``LlamaForCausalLM`` module tree and parameter names, and the decoders call its submodules
+(norms, projections, MLPs, head), doing the attention themselves with ``scaled_dot_product_attention`` over their
+cache. Two decoders:
 
 * decoding.py (the default, :meth:`CxrLlava.stream_reports` and :meth:`CxrLlava.generate_reports`): continuous
   batching over a fixed-shape decode step (fixed-capacity cache, per-row positions as tensors) that CUDA graphs can
@@ -33,6 +34,7 @@ from ..base import GeneratedReport
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
 from .decoding import Request, decode_stream, rotate_half
+from .llama import LlamaForCausalLM, LlamaSizes, rope_tables
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
 from .vision import VisionTower
@@ -62,15 +64,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 class CxrLlava(nn.Module):
     def __init__(self, config: CxrLlavaConfig, tokenizer: LlamaSentencePiece):
         super().__init__()
-        from transformers import LlamaConfig, LlamaForCausalLM
-
         self.config = config
         self.tokenizer = tokenizer
         self.vision_tower = VisionTower(config.vision)
         self.mm_projector = nn.Linear(config.projector_dim, config.hidden_size)
-        llama_config = LlamaConfig(**config.llama)
-        llama_config._attn_implementation = "sdpa"
-        self.language_model = LlamaForCausalLM(llama_config)
+        self.language_model = LlamaForCausalLM(LlamaSizes.from_dict(config.llama))
         self.source: str | None = None  # where the weights came from
         self.revision: str | None = None  # the Hub commit, when loaded from the Hub
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -105,11 +103,8 @@ class CxrLlava(nn.Module):
         return model.eval()
 
     def _materialise_buffers(self, device: torch.device) -> None:
-        """Recreate the non-persistent buffers (rotary frequencies) that the meta-device build left empty."""
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-        with torch.device(device):
-            self.language_model.model.rotary_emb = LlamaRotaryEmbedding(self.language_model.config)
+        """Check that the meta-device build left nothing without values (rotary tables are computed on use)."""
+        self._rope = None
         leftover = [n for n, t in list(self.named_parameters()) + list(self.named_buffers()) if t.is_meta]
         if leftover:
             raise CheckpointError(f"tensors left without values after loading: {', '.join(leftover)}")
@@ -224,14 +219,11 @@ class CxrLlava(nn.Module):
         return embeds, valid
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for positions [0, length), from the language model's own rotary embedding."""
-        if self._rope is None or self._rope[0].shape[0] < length:
+        """cos/sin [positions, head_dim] for positions [0, length) at least (llama.rope_tables), cached."""
+        if self._rope is None or self._rope[0].shape[0] < length or self._rope[0].dtype != self.dtype \
+                or self._rope[0].device != self.device:
             size = max(length, self.config.max_position_embeddings)
-            rotary = self.language_model.model.rotary_emb
-            positions = torch.arange(size, device=self.device)[None]
-            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
-            cos, sin = rotary(probe, positions)
-            self._rope = (cos[0], sin[0])
+            self._rope = rope_tables(self.language_model.config, size, self.device, self.dtype)
         return self._rope
 
     def _decode(self, embeds, valid, max_new_tokens, temperature, top_p, generators):
