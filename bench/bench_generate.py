@@ -70,6 +70,27 @@ def worker(args) -> None:
     }))
 
 
+def never_eos_copy(source: Path) -> Path:
+    """A copy of ``source`` whose output layer can never pick </s> (its row zeroed; the random model's logits for
+    the other tokens are then almost never all below 0): every report runs to the token limit."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target = ROOT / ".cache" / f"never-eos-{source.resolve().name}"
+    if not target.exists():
+        shutil.copytree(source, target)
+        index = target / "model.safetensors.index.json"
+        shard = target / (json.loads(index.read_text())["weight_map"]["lm_head.weight"] if index.exists()
+                          else "model.safetensors")
+        tensors = load_file(shard)
+        weight = tensors["lm_head.weight"].clone()
+        weight[2] = 0
+        tensors["lm_head.weight"] = weight
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+    return target
+
+
 def timed(cmd: list[str], env=None, busy: bool = False) -> tuple[float, str]:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     t0 = time.time()
@@ -88,6 +109,8 @@ def timed(cmd: list[str], env=None, busy: bool = False) -> tuple[float, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="tiny checkpoint folder (default: build one in .cache/bench-tiny-never-eos)")
+    p.add_argument("--never-eos-of", help="use a copy of this checkpoint with the </s> row of its output layer "
+                                          "zeroed (in .cache/), e.g. tests/data/upstream_reference/tiny")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--batch-sizes", default="1,8,16,32")
@@ -104,6 +127,8 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.never_eos_of:
+        args.checkpoint = str(never_eos_copy(Path(args.never_eos_of)))
     if args.checkpoint is None:
         from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 

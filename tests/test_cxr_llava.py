@@ -222,6 +222,9 @@ def test_masked_keys_get_weight_exactly_zero():
     assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=mask), out)
     short = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
     torch.testing.assert_close(out, short, rtol=1e-6, atol=1e-6)
+    # the decode step passes the same mask as -inf added to the scores: bit for bit the same as the boolean mask
+    additive = torch.zeros(3, 1, 1, capacity).masked_fill(~mask, float("-inf"))
+    assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=additive), out)
 
 
 def test_cuda_graphs_on_without_cuda_is_a_one_line_model_error(tiny):

@@ -75,6 +75,12 @@ def resolve_cuda_graphs(setting: str | bool, device: torch.device) -> bool:
     return setting != "off" and device.type == "cuda"
 
 
+def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Keys, values and attention in float32 on the CPU, where bfloat16/float16 attention kernels are about 4x
+    slower than float32 (the upcast is exact); in the model's dtype elsewhere."""
+    return torch.float32 if device.type == "cpu" else dtype
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -83,8 +89,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class DecodeStep(nn.Module):
     """One token per slot through the Llama decoder over fixed-capacity caches; no host synchronisation.
 
-    ``forward(tokens [b], positions [b], caches_k, caches_v)`` writes each row's key and value at its position and
-    returns the logits [b, vocab]. The caches are lists (one per layer) of [b, kv_heads, capacity, head_dim].
+    ``forward(tokens [b], positions [b], caches_k, caches_v, keys)`` writes each row's key and value at its
+    position and returns the logits [b, vocab]. The caches are lists (one per layer) of [b, kv_heads, capacity,
+    head_dim]. ``keys``: attend over cache positions [0, keys) only (None: the whole capacity, the fixed shape that
+    CUDA graphs capture; eager runs pass one past the highest live position, which the host knows, and save the
+    attention over positions no live row can see).
     """
 
     def __init__(self, model, capacity: int):
@@ -99,28 +108,44 @@ class DecodeStep(nn.Module):
         self.register_buffer("cos", cos[:capacity], persistent=False)
         self.register_buffer("sin", sin[:capacity], persistent=False)
         self.register_buffer("key_index", torch.arange(capacity, device=cos.device), persistent=False)
+        # scatter_ is one small kernel on CUDA (and capturable); on the CPU it is slow for bfloat16, index_put_ is not
+        self.scatter = cos.device.type == "cuda"
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, caches_k: list[torch.Tensor],
-                caches_v: list[torch.Tensor]) -> torch.Tensor:
+                caches_v: list[torch.Tensor], keys: int | None = None) -> torch.Tensor:
         lm, nh, nkv, hd = self.lm, self.n_heads, self.n_kv, self.head_dim
         b = tokens.shape[0]
         x = lm.model.embed_tokens(tokens)[:, None]  # [b, 1, hidden]
         cos = self.cos[positions][:, None, None]  # [b, 1, 1, head_dim]
         sin = self.sin[positions][:, None, None]
-        mask = (self.key_index[None] <= positions[:, None])[:, None, None]  # [b, 1, 1, capacity]
-        where = positions.view(b, 1, 1, 1).expand(b, nkv, 1, hd)
+        key_index = self.key_index if keys is None else self.key_index[:keys]
+        # additive mask, made once per step for all layers (a boolean one is converted in every attention call)
+        mask = torch.zeros(b, 1, 1, key_index.shape[0], dtype=caches_k[0].dtype, device=tokens.device)
+        mask.masked_fill_(key_index[None, None, None] > positions[:, None, None, None], float("-inf"))
+        if self.scatter:
+            where = positions.view(b, 1, 1, 1).expand(b, nkv, 1, hd)
+        else:
+            where = (torch.arange(b, device=tokens.device)[:, None], torch.arange(nkv, device=tokens.device)[None],
+                     positions[:, None])
         for layer, cache_k, cache_v in zip(lm.model.layers, caches_k, caches_v):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(b, 1, nh, hd).transpose(1, 2)
             k = attn.k_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
             v = attn.v_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            cache_k.scatter_(2, where, k)
-            cache_v.scatter_(2, where, v)
+            q = (q * cos + rotate_half(q) * sin).to(cache_k.dtype)
+            k = (k * cos + rotate_half(k) * sin).to(cache_k.dtype)
+            v = v.to(cache_k.dtype)
+            if self.scatter:
+                cache_k.scatter_(2, where, k)
+                cache_v.scatter_(2, where, v)
+            else:
+                cache_k.index_put_(where, k[:, :, 0])
+                cache_v.index_put_(where, v[:, :, 0])
+            if keys is not None:
+                cache_k, cache_v = cache_k[:, :, :keys], cache_v[:, :, :keys]
             o = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask, enable_gqa=nkv != nh)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, nh * hd))
+            x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, 1, nh * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return lm.lm_head(lm.model.norm(x[:, -1]))
 
@@ -153,7 +178,8 @@ class SlotDecoder:
         self.step = step(self.step_module) if step is not None else self.step_module
         n_kv, hd = self.step_module.n_kv, self.step_module.head_dim
         # zeros, not empty: masked positions are read with weight 0, and 0 * NaN would not be 0
-        self.cache_k = [torch.zeros(slots, n_kv, capacity, hd, dtype=self.dtype, device=self.device)
+        self.cache_k = [torch.zeros(slots, n_kv, capacity, hd, dtype=attention_dtype(self.dtype, self.device),
+                                    device=self.device)
                         for _ in lm.model.layers]
         self.cache_v = [torch.zeros_like(k) for k in self.cache_k]
         self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -161,6 +187,8 @@ class SlotDecoder:
         self.rows: list[_Row | None] = [None] * slots
         self.width = slots  # slots the step runs over (shrinks when draining)
         self.graphs_on = graphs
+        self.trim_keys = not graphs and step is None  # eager: attend only up to the highest live position
+        self.prompt_lengths = [0] * slots  # of the study in each slot (host-side, for the key range)
         self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
 
     # -- prefill ---------------------------------------------------------------------------------------------------
@@ -200,12 +228,13 @@ class SlotDecoder:
             q = attn.q_proj(h).view(b, width, nh, hd).transpose(1, 2)
             k = attn.k_proj(h).view(b, width, nkv, hd).transpose(1, 2)
             v = attn.v_proj(h).view(b, width, nkv, hd).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q = (q * cos + rotate_half(q) * sin).to(cache_k.dtype)
+            k = (k * cos + rotate_half(k) * sin).to(cache_k.dtype)
+            v = v.to(cache_k.dtype)
             cache_k[:, :, :width].index_copy_(0, where, k)
             cache_v[:, :, :width].index_copy_(0, where, v)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, width, nh * hd))
+            x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, width, nh * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = torch.tensor([n - 1 for n in lengths], device=dev)
         logits = lm.lm_head(lm.model.norm(x[torch.arange(b, device=dev), last]))
@@ -218,16 +247,17 @@ class SlotDecoder:
         first = self.pick(logits, [row.generator for row in rows])
         self.tokens.index_copy_(0, where, first)
         self.positions.index_copy_(0, where, torch.tensor(lengths, dtype=torch.long, device=dev))
-        for s, row in zip(slots, rows):
+        for s, row, length in zip(slots, rows, lengths):
             self.rows[s] = row
             row.produced = 1
+            self.prompt_lengths[s] = length
         self.stats.prefills += 1
         self.stats.prefill_rows += b
         self.read_back({s: [t] for s, t in zip(slots, first.tolist())})
 
     # -- decoding --------------------------------------------------------------------------------------------------
     def pick(self, logits: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-        greedy = logits.argmax(-1)
+        greedy = logits.float().argmax(-1)  # exact upcast; bfloat16 argmax is slow on the CPU
         if self.temperature == 0:
             return greedy
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
@@ -245,6 +275,10 @@ class SlotDecoder:
         n = self.width
         args = (self.tokens[:n], self.positions[:n], [c[:n] for c in self.cache_k], [c[:n] for c in self.cache_v])
         if not self.graphs_on:
+            if self.trim_keys:  # the position a row writes now: prompt length + tokens fed so far
+                top = max(self.prompt_lengths[s] + row.produced - 1 for s, row in enumerate(self.rows[:n])
+                          if row is not None)
+                return self.step(*args, keys=min(self.capacity, top + 1))
             return self.step(*args)
         if n not in self.graphs:
             self.graphs[n] = self._capture(args)
@@ -272,16 +306,16 @@ class SlotDecoder:
         """``count`` decode steps over the current width, then read the new tokens back once."""
         n = self.width
         history = []
+        live = [s for s in range(n) if self.rows[s] is not None]
+        gens = [row.generator if row is not None else None for row in self.rows[:n]]
         for _ in range(count):
             logits = self._logits()
-            gens = [row.generator if row is not None else None for row in self.rows[:n]]
             new = self.pick(logits, gens)
             self.tokens[:n].copy_(new)
             self.positions[:n].add_(1).clamp_(max=self.capacity - 1)  # idle rows stay inside the cache
             history.append(new)
-        live = [s for s in range(n) if self.rows[s] is not None]
-        for s in live:
-            self.rows[s].produced += count
+            for s in live:
+                self.rows[s].produced += 1
         self.stats.steps += count
         self.stats.row_steps += count * n
         self.stats.live_row_steps += count * len(live)
@@ -330,8 +364,8 @@ class SlotDecoder:
                 cache[:m] = cache.index_select(0, where)
             self.tokens[:m] = self.tokens.index_select(0, where)
             self.positions[:m] = self.positions.index_select(0, where)
-            moved = [self.rows[s] for s in live]
-            self.rows = moved + [None] * (self.slots - m)
+            self.rows = [self.rows[s] for s in live] + [None] * (self.slots - m)
+            self.prompt_lengths = [self.prompt_lengths[s] for s in live] + [0] * (self.slots - m)
         self.width = target
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from ..base import GeneratedReport
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
-from .decoding import Request, decode_stream, rotate_half
+from .decoding import Request, attention_dtype, decode_stream, rotate_half
 from .llama import LlamaForCausalLM, LlamaSizes, rope_tables
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
@@ -238,7 +238,8 @@ class CxrLlava(nn.Module):
         eos_id = self.tokenizer.eos_id
 
         cos_table, sin_table = self._rope_tables(capacity)
-        cache_k = [torch.empty(batch, n_kv, capacity, head_dim, dtype=self.dtype, device=self.device) for _ in layers]
+        cache_k = [torch.empty(batch, n_kv, capacity, head_dim, dtype=attention_dtype(self.dtype, self.device),
+                               device=self.device) for _ in layers]
         cache_v = [torch.empty_like(k) for k in cache_k]
         keep = torch.zeros(batch, capacity, dtype=torch.bool, device=self.device)  # real key positions
         keep[:, :prompt_len] = valid
@@ -260,13 +261,13 @@ class CxrLlava(nn.Module):
                 q = attn.q_proj(h).view(b, t, n_heads, head_dim).transpose(1, 2)
                 k = attn.k_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
                 v = attn.v_proj(h).view(b, t, n_kv, head_dim).transpose(1, 2)
-                q = q * cos + rotate_half(q) * sin
+                q = (q * cos + rotate_half(q) * sin).to(cache_k[i].dtype)
                 k = k * cos + rotate_half(k) * sin
                 cache_k[i][:, :, start:start + t] = k
                 cache_v[i][:, :, start:start + t] = v
                 keys, values = cache_k[i][:, :, :start + t], cache_v[i][:, :, :start + t]
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=n_kv != n_heads)
-                x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, n_heads * head_dim))
+                x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, t, n_heads * head_dim))
                 x = x + layer.mlp(layer.post_attention_layernorm(x))
             return lm.model.norm(x[:, -1])
 
