@@ -8,8 +8,13 @@ positions count only real tokens, and every row sees exactly what it would see a
 One decode step has the same shapes whatever the rows are doing: token ids ``[slots]`` and positions ``[slots]`` in,
 logits ``[slots, vocab]`` out; keys and values are written with ``scatter_`` at each row's own position; attention
 runs over the whole capacity under a boolean mask of the positions written so far (a masked key gets weight exactly
-0 after the softmax, so the longer key range changes no value). Nothing in a step reads a tensor back to the host,
-so on CUDA the step is captured once per slot count as a CUDA graph and replayed. Positions advance on the device.
+0 after the softmax; the sums over the longer range run in another order, which can change the last bit of a
+value but, in float32, no greedy token in the tests). Nothing in a step reads a tensor back to the host, so on
+CUDA the step is captured once per slot count as a CUDA graph and replayed (``generation.cuda_graphs``: auto = on
+for CUDA devices, falling back to eager steps with a warning if the capture fails; on = required, a ModelError on
+a CPU device or when the capture fails; off). Positions advance on the device. Eager steps (CPU, graphs off) attend
+only up to the highest live position, which the host knows without asking; on the CPU keys, values and attention
+are in float32 (bfloat16 attention kernels are several times slower there; the upcast is exact).
 
 The host keeps the bookkeeping: which study is in which slot, how many tokens each has produced (known without
 asking the device), and every ``eos_check_every`` steps (1 on the CPU, 8 on a GPU) it copies the new tokens back and
@@ -187,6 +192,7 @@ class SlotDecoder:
         self.rows: list[_Row | None] = [None] * slots
         self.width = slots  # slots the step runs over (shrinks when draining)
         self.graphs_on = graphs
+        self.graphs_required = False  # cuda_graphs: on (a capture failure is an error, not a warning)
         self.trim_keys = not graphs and step is None  # eager: attend only up to the highest live position
         self.prompt_lengths = [0] * slots  # of the study in each slot (host-side, for the key range)
         self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
@@ -281,7 +287,17 @@ class SlotDecoder:
                 return self.step(*args, keys=min(self.capacity, top + 1))
             return self.step(*args)
         if n not in self.graphs:
-            self.graphs[n] = self._capture(args)
+            try:
+                self.graphs[n] = self._capture(args)
+            except Exception as e:  # e.g. a quantized layer whose kernels cannot be captured
+                if self.graphs_required:
+                    raise ModelError(f"generation.cuda_graphs: on, but the decode step cannot be captured as a "
+                                     f"CUDA graph: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                     ) from None
+                log.warning("the decode step cannot be captured as a CUDA graph (%s: %s); decoding without "
+                            "(generation.cuda_graphs: off hides this warning)", type(e).__name__, e)
+                self.graphs_on = False
+                return self.step(*args)
             self.stats.graphs += 1
             self.stats.graph_sizes.append(n)
         graph, out = self.graphs[n]
@@ -411,6 +427,7 @@ def decode_stream(model, requests: Iterable[Request], *, slots: int, max_new_tok
                           else longest + max_new_tokens))
     dec = SlotDecoder(model, slots=len(first), capacity=capacity, temperature=temperature, top_p=top_p,
                       graphs=graphs, eos_check_every=every, step=step, stats=stats)
+    dec.graphs_required = cuda_graphs in ("on", True)
     exhausted = not refill or len(first) < slots
     queue = first
 
