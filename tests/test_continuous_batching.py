@@ -87,3 +87,22 @@ def test_sigkill_during_continuous_batching_loses_only_rows_in_flight(tmp_path, 
     resumed = reports(run_dir)
     assert resumed["id"].is_unique and len(resumed) == 18
     pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+
+
+def test_cuda_graphs_on_without_cuda_fails_before_any_study_is_taken(model):
+    from cxrgen.config import Config
+    from cxrgen.models import ModelError
+    from cxrgen.models.base import Item
+
+    taken = []
+
+    def items():
+        for i in range(3):
+            taken.append(i)
+            yield Item(i, None, 0)
+
+    cfg = Config()
+    cfg.generation.cuda_graphs = "on"
+    with pytest.raises(ModelError, match=r"generation\.cuda_graphs: on needs a CUDA device"):
+        next(model.stream(items(), cfg.prompt, cfg.generation))
+    assert taken == []
