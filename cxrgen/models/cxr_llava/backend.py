@@ -76,9 +76,15 @@ class CxrLlavaBackend:
         from .decoding import Request, resolve_cuda_graphs
 
         ids = self.model.tokenizer.encode_prompt(self.render_prompt(prompt))
-        resolve_cuda_graphs(generation.cuda_graphs, self.device)  # refuse `on` off CUDA before taking any study
+        cuda_graphs = generation.cuda_graphs
+        if cuda_graphs == "auto" and self.quantization != "none" and self.device.type == "cuda":
+            # bitsandbytes' 8-bit layers handle outliers data-dependently (host synchronisation), which graph
+            # capture cannot hold; neither mode has been captured and checked, so auto leaves graphs off for both
+            log.info("generation.cuda_graphs auto: off for a %s model (bitsandbytes layers)", self.quantization)
+            cuda_graphs = "off"
+        resolve_cuda_graphs(cuda_graphs, self.device)  # refuse `on` off CUDA before taking any study
         settings = dict(max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
-                        top_p=generation.top_p, cuda_graphs=generation.cuda_graphs)
+                        top_p=generation.top_p, cuda_graphs=cuda_graphs)
         if self.batching == "static":
             def generate(batch: list[Item]):
                 pixels = np.stack([item.inputs for item in batch])
