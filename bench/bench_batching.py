@@ -38,7 +38,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    import torch
     from PIL import Image
 
     from cxrgen.models.cxr_llava import CxrLlava

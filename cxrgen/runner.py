@@ -47,7 +47,7 @@ from . import runstore
 from .config import Config
 from .datasets import Selection, Study, load_studies
 from .models import Item, identity
-from .runstore import COLUMNS, PartFile, PartReadBackError, RunError, part_name, read_reports_csv  # noqa: F401
+from .runstore import PartFile, PartReadBackError, RunError, read_reports_csv
 from .threads import allotted_cpus, configure_threads
 
 log = logging.getLogger("cxrgen")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrgen import runner
+from cxrgen import runner, runstore
 from cxrgen.config import load_config
 from cxrgen.models.cxr_llava import CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
@@ -33,7 +33,7 @@ def model():
 
 
 def _part(run_dir: Path) -> pd.DataFrame:
-    return runner.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read()
+    return runstore.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read()
 
 
 def _run(tmp: Path, manifest: Path, name: str, model, batch_size: int, batching: str = "continuous"):

@@ -20,7 +20,6 @@ In both, positions count only real tokens and padding is masked, so every row se
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
