@@ -20,7 +20,6 @@ from cxrgen.config import ModelConfig
 from cxrgen.models import ModelError, load
 from cxrgen.models.adapters import merge_cxr_llava_adapter, merge_transformers_adapter
 from cxrgen.models.cxr_llava import CxrLlava
-from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "demo" / "images").glob("*.png"))[:2]
@@ -28,11 +27,6 @@ HIDDEN, LAYERS = 64, 2  # the tiny checkpoint's language model (tiny_config defa
 SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
           "o_proj": (HIDDEN, HIDDEN), "gate_proj": (2 * HIDDEN, HIDDEN), "up_proj": (2 * HIDDEN, HIDDEN),
           "down_proj": (HIDDEN, 2 * HIDDEN)}  # [out, in]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0, shards=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ reports come back in completion order rather than input order.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +17,7 @@ from cxrgen import runner, runstore
 from cxrgen.config import load_config
 from cxrgen.models.cxr_llava import CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
-from test_pipeline import _committed_rows, make_config, reports, run_cli, write_manifest
+from helpers import make_config, reports, run_cli, start_until_committed, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "tests" / "data" / "upstream_reference" / "tiny"
@@ -68,13 +65,7 @@ def test_sigkill_during_continuous_batching_loses_only_rows_in_flight(tmp_path, 
 
     cfg_path = make_config(tmp_path, CHECKPOINT, manifest, "killed", **slow)
     run_dir = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 90
-    while _committed_rows(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc = start_until_committed(cfg_path, run_dir, 4)
     seen = _part(run_dir)  # committed rows observed while the run goes on
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)

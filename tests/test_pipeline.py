@@ -19,61 +19,15 @@ from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
-from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
+from helpers import committed_rows, make_config, reports, run_cli, start_until_committed, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0, shards=2)
-
-
-@pytest.fixture(scope="module")
 def model(tiny_dir):
     return CxrLlavaBackend(CxrLlava.from_pretrained(tiny_dir, device="cpu"))
-
-
-def write_manifest(folder: Path, n: int, broken: dict[int, str] | None = None) -> Path:
-    """n studies cycling through the bundled images; ``broken`` maps a row to a bad image path."""
-    images = sorted(IMAGES.glob("*.png"))
-    rows = []
-    for i in range(n):
-        path = str(images[i % len(images)])
-        if broken and i in broken:
-            path = broken[i]
-        rows.append({"id": f"S{i:03d}", "image_path": path, "reference": f"Report {i}: the lungs are clear, no effusion."})
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    return manifest
-
-
-def make_config(tmp: Path, tiny_dir: Path, manifest: Path, run_name: str = "run", **overrides) -> Path:
-    cfg = {
-        "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
-        "generation": {"batch_size": 4, "max_new_tokens": 24},
-        "data": {"format": "manifest", "manifest": str(manifest), "split": "all"},
-        "loader": {"num_workers": 0},
-        "output": {"dir": str(tmp / "runs"), "run_name": run_name, "html": False},
-        "evaluation": {"bootstrap": 50},
-    }
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        cfg.setdefault(section, {})[name] = value
-    path = tmp / f"{run_name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def reports(run_dir: Path) -> pd.DataFrame:
-    return runstore.read_reports_csv(run_dir / "reports.csv", "reports.csv")
 
 
 # -- configuration ---------------------------------------------------------------------------------------------------
@@ -376,13 +330,6 @@ def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch)
     pd.testing.assert_frame_equal(before, reports(run_dir))
 
 
-def _committed_rows(run_dir: Path) -> int:
-    try:
-        return len(runstore.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read())
-    except (FileNotFoundError, runner.RunError):  # not started yet, or a marker being replaced
-        return 0
-
-
 SLOW = dict(generation__batch_size=2, generation__max_new_tokens=160)
 
 
@@ -404,13 +351,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
     workers = 2 if how.endswith("workers") else 0
     cfg_path = make_config(tmp_path, tiny_dir, manifest, "killed", loader__num_workers=workers, **SLOW)
     run_dir = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 90
-    while _committed_rows(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc = start_until_committed(cfg_path, run_dir, 4)
     if how == "sigkill":
         proc.send_signal(signal.SIGKILL)
     elif how == "sigterm":
@@ -421,7 +362,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
     if how != "sigkill":
         assert proc.returncode == runner.EXIT_INTERRUPTED, err
         assert "resume" in err
-    done_before = _committed_rows(run_dir)
+    done_before = committed_rows(run_dir)
     assert 4 <= done_before < 16 and not (run_dir / "reports.csv").exists()
     result = run_cli("--config", str(cfg_path))
     assert result.returncode == 0, result.stderr
@@ -447,11 +388,11 @@ def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_di
                             stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "slurm"
     deadline = time.time() + 90
-    while _committed_rows(run_dir) < 2 and proc.poll() is None and time.time() < deadline:
+    while committed_rows(run_dir) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == runner.EXIT_INTERRUPTED, out
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "41_0"]
-    assert 2 <= _committed_rows(run_dir) < 16
+    assert 2 <= committed_rows(run_dir) < 16

@@ -19,18 +19,12 @@ from cxrgen.config import ModelConfig
 from cxrgen.models import ModelError, load
 from cxrgen.models import quantization as q
 from cxrgen.models.cxr_llava import CxrLlava
-from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "demo" / "images").glob("*.png"))[:2]
 LLAMA_LINEARS = sorted(f"model.layers.{i}.{part}" for i in range(2) for part in
                        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0, shards=1)
 
 
 def _cuda_machine(monkeypatch, *, build="12.4", visible=True, installed=True):
