@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return runner.EXIT_INCOMPLETE
     except (ConfigError, runner.RunError, DatasetError, ModelError, EvaluationInputError) as e:
-        print(f"error: {e}{split_hint(e)}", file=sys.stderr)  # each names its file, key or setting
+        hint = " (--no-resume)" if isinstance(e, runner.SettingsChangedError) else split_hint(e)
+        print(f"error: {e}{hint}", file=sys.stderr)  # each names its file, key or setting
         return runner.EXIT_USAGE
 
 

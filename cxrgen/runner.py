@@ -46,8 +46,8 @@ from . import __version__
 from . import runstore
 from .config import Config
 from .datasets import Selection, Study, load_studies
-from .models import Item, identity
-from .runstore import PartFile, PartReadBackError, RunError, read_reports_csv
+from .models import Item, ModelError, identity
+from .runstore import PartFile, RunError, read_reports_csv
 from .threads import allotted_cpus, configure_threads
 
 log = logging.getLogger("cxrgen")
@@ -68,6 +68,10 @@ RUN_DEFINING = ["model.backend", "model.name_or_path", "model.revision", "model.
 
 class IncompleteShardError(RunError):
     """A shard that ended without committing every one of its studies; the message says why."""
+
+
+class SettingsChangedError(RunError):
+    """A run folder with committed rows of other settings: resuming would mix reports."""
 
 
 # -- shards ------------------------------------------------------------------------------------------------------
@@ -244,12 +248,12 @@ def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool,
             if saved.get("shards") != shard[1]:
                 diff.append(f"number of shards ({saved.get('shards')} before)")
             if saved.get("limit") != limit:
-                diff.append(f"--limit ({saved.get('limit')} before)")
+                diff.append(f"the limit on the number of studies ({saved.get('limit')} before)")
             if not diff:
                 diff.append("the selected studies")
-            raise RunError(
+            raise SettingsChangedError(
                 f"{run_dir}: started with other settings ({', '.join(diff)}); resuming would mix reports. "
-                "Use another output.run_name, or start this run over (generate_cxr.py --no-resume)"
+                "Use another output.run_name, or start this run over without resuming"
             )
         log.info("%s: an earlier start with other settings committed no row; its records are replaced", run_dir)
     runstore.atomic_write(runstore.selection_path(run_dir), json.dumps(ids).encode())
@@ -349,7 +353,8 @@ def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> 
     (run_dir / "parts").mkdir(parents=True, exist_ok=True)
     run_id = _start_run(run_dir, cfg, shard, resume, limit, selection, model_identity)
     part = PartFile(runstore.part_path(run_dir, shard), run_id)
-    if not resume:
+    if not resume:  # the marker first: a part without one is read as empty, never as damaged
+        runstore.marker_path(part.path).unlink(missing_ok=True)
         part.path.unlink(missing_ok=True)
         runstore.shard_record_path(run_dir, shard).unlink(missing_ok=True)
         for name in runstore.OUTPUT_FILES:
@@ -364,7 +369,8 @@ def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> 
     record: dict[str, Any] = {"run_id": run_id, "shard": f"{shard[0]}/{shard[1]}", "started": started.isoformat(),
                               "host": socket.gethostname(), "pid": os.getpid(), "command": sys.argv,
                               "studies": len(studies)}
-    failure: RunError | None = None
+    failure: Exception | None = None
+    crash: BaseException | None = None
     if todo:
         if model is None:
             from . import models
@@ -381,18 +387,22 @@ def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> 
                  info.get("gpu") or info.get("device"), info.get("dtype"), threads, workers)
         try:
             _run_studies(cfg, model, todo, part, stop, progress, workers)
-        except PartReadBackError as e:
+        except (RunError, ModelError) as e:  # a part that does not read back, a model that fails mid-run
             failure = e
+        except BaseException as e:  # a crash or a second Ctrl-C: record what was committed, then let it through
+            failure = crash = e
 
     done = part.read()
     counts = {"ok": int((done["status"] == "ok").sum()), "error": int((done["status"] == "error").sum())}
     interrupted = stop.signal is not None
-    complete = len(done) == len(studies)
+    complete = set(done["id"]) == {s.id for s in studies} and len(done) == len(studies)
     record.update(finished=datetime.now(timezone.utc).isoformat(), complete=complete and failure is None,
                   committed=len(done), **counts)
     if failure is not None:
-        record["failure"] = str(failure)
+        record["failure"] = f"{type(failure).__name__}: {failure}"
     runstore.write_json(runstore.shard_record_path(run_dir, shard), record)
+    if crash is not None:
+        raise crash
     if failure is not None:
         raise IncompleteShardError(f"shard {shard[0]}/{shard[1]} stopped after committing {len(done)} of "
                                    f"{len(studies)} studies: {failure}")
@@ -407,7 +417,7 @@ def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> 
     records = [_shard_record(run_dir, (i, shard[1])) for i in range(shard[1])]
     if all(r and r.get("run_id") == run_id and r.get("complete") for r in records):
         return merge(run_dir)
-    log.info("waiting for the other shards; the last one to finish merges (or: generate_cxr.py --merge %s)", run_dir)
+    log.info("waiting for the other shards of %s; the last one to finish merges them", run_dir)
     return EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
 
 
@@ -424,6 +434,7 @@ def _run_studies(cfg: Config, model, todo: list[Study], part: PartFile, stop: "_
     window = tuple(cfg.loader.percentile_window) if cfg.loader.percentile_window else None
     prepare = _Prepare(model.image_preparer(), cfg.loader.max_pixels, window)
     pending: list[dict] = []  # error rows waiting for the next commit
+    taken: dict[int, Item] = {}  # studies handed to the model and not handed back yet
 
     def items() -> Iterator[Item]:
         if stop.signal is not None:
@@ -434,7 +445,9 @@ def _run_studies(cfg: Config, model, todo: list[Study], part: PartFile, stop: "_
                 log.warning("error row %s: %s", study.id, error)
                 pending.append(_error_row(study, error))
             else:
-                yield Item(study, inputs, study_seed(cfg.generation.seed, study.id))
+                item = Item(study, inputs, study_seed(cfg.generation.seed, study.id))
+                taken[id(item)] = item
+                yield item
             if stop.signal is not None:  # what the model has taken is finished; nothing new is fed
                 return
 
@@ -445,14 +458,20 @@ def _run_studies(cfg: Config, model, todo: list[Study], part: PartFile, stop: "_
             now = time.perf_counter()
             seconds = (now - t0) / max(len(finished), 1)
             t0 = now
+            for item, _ in finished:  # every study taken is handed back once, and no other
+                if taken.pop(id(item), None) is not item:
+                    raise RuntimeError(f"the model handed back study {getattr(item.key, 'id', item.key)!r}, which "
+                                       "it was not given or had handed back already")
             rows = pending + [_report_row(item.key, report, seconds) for item, report in finished]
             pending.clear()
             bar.update(part.append(rows))
-        if pending:
-            bar.update(part.append(list(pending)))
-            pending.clear()
     finally:
-        bar.close()
+        try:
+            if pending:  # error rows of unreadable images are committed whatever stopped the model
+                bar.update(part.append(list(pending)))
+                pending.clear()
+        finally:
+            bar.close()
 
 
 def merge(run_dir: Path) -> int:

@@ -19,6 +19,7 @@ from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
+from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 from helpers import committed_rows, make_config, reports, run_cli, start_until_committed, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -396,3 +397,76 @@ def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_di
     assert proc.returncode == runner.EXIT_INTERRUPTED, out
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "41_0"]
     assert 2 <= committed_rows(run_dir) < 16
+
+
+# -- the runner against misbehaving models ---------------------------------------------------------------------------
+
+class _FailingBackend:
+    """Wraps a backend: fails after ``after`` finished groups, or hands one study back twice."""
+
+    def __init__(self, inner, after: int, error: Exception | None = None, repeat: bool = False):
+        self.inner, self.after, self.error, self.repeat = inner, after, error, repeat
+        self.name = inner.name
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def stream(self, items, prompt, generation):
+        for k, finished in enumerate(self.inner.stream(items, prompt, generation)):
+            if k == self.after:
+                if self.repeat:
+                    yield finished + finished[:1]
+                    continue
+                raise self.error
+            yield finished
+
+
+def test_a_model_failing_mid_run_keeps_committed_and_error_rows_and_exits_incomplete(tmp_path, tiny_dir, model):
+    bad = tmp_path / "missing.png"
+    manifest = write_manifest(tmp_path, 10, broken={5: str(bad), 6: str(bad)})
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "fails", generation__batch_size=2))
+    # S005 and S006 wait for the third group (S004, S007), which never comes: only the final commit saves them
+    failing = _FailingBackend(model, after=2, error=ModelError("the decode step cannot be captured"))
+    with pytest.raises(runner.IncompleteShardError, match="cannot be captured"):
+        runner.generate(cfg, model=failing, progress=False)
+    run_dir = tmp_path / "runs" / "fails"
+    rows = runstore.PartFile(run_dir / "parts" / "shard-0-of-1.csv").read()
+    assert {"S005", "S006"} <= set(rows["id"])  # the unreadable images' error rows were committed anyway
+    assert set(rows.loc[rows["status"] == "error", "id"]) == {"S005", "S006"}
+    record = json.loads((run_dir / "parts" / "shard-0-of-1.json").read_text())
+    assert record["complete"] is False and "ModelError" in record["failure"] and record["committed"] == len(rows)
+    assert runner.generate(cfg, model=model, progress=False) == runner.EXIT_ROW_ERRORS  # resumes the rest
+    assert len(reports(run_dir)) == 10
+
+
+def test_a_study_handed_back_twice_stops_the_run_before_it_is_committed(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 6)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "twice", generation__batch_size=2))
+    with pytest.raises(RuntimeError, match="handed back study 'S002'"):
+        runner.generate(cfg, model=_FailingBackend(model, after=1, repeat=True), progress=False)
+    rows = runstore.PartFile(tmp_path / "runs" / "twice" / "parts" / "shard-0-of-1.csv").read()
+    assert list(rows["id"]) == ["S000", "S001"]
+
+
+def test_no_resume_with_the_same_settings_starts_over(tmp_path, tiny_dir, model):
+    manifest = write_manifest(tmp_path, 3)
+    cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "again"))
+    assert runner.generate(cfg, model=model, progress=False) == 0
+    first = reports(tmp_path / "runs" / "again")
+    assert runner.generate(cfg, model=model, progress=False, resume=False) == 0
+    again = reports(tmp_path / "runs" / "again")  # generated anew (the timings differ), to the same reports
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), first.drop(columns="seconds"))
+
+
+def test_resume_refuses_a_checkpoint_whose_files_changed(tmp_path, tiny_dir):
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, checkpoint)
+    manifest = write_manifest(tmp_path, 2)
+    cfg = load_config(make_config(tmp_path, checkpoint, manifest, "moved", generation__max_new_tokens=4))
+    assert runner.generate(cfg, progress=False) == 0
+    shutil.rmtree(checkpoint)
+    build_tiny_checkpoint(checkpoint, seed=1, shards=3)  # other weights under the same path
+    with pytest.raises(runner.SettingsChangedError, match="model.checkpoint"):
+        runner.generate(cfg, progress=False)

@@ -131,3 +131,17 @@ def test_no_warning_with_enough_studies():
     frame = lambda h: pd.DataFrame({"id": range(30), "generated_report": h, "reference": refs})  # noqa: E731
     rep = evaluate_systems({"a": frame(refs[1:] + refs[:1]), "b": frame(refs)}, n_boot=0, clinical_metrics=False)
     assert rep.warnings == [] and rep.summary_dict()["warnings"] == []
+
+
+def test_an_undefined_difference_has_no_p_value_rather_than_a_tiny_one():
+    from cxrgen.metrics import bootstrap
+
+    stats = np.ones((20, 2))
+    ratio = lambda sums: {"r": sums[..., 0] / (sums[..., 1] - sums[..., 1])}  # noqa: E731  always undefined
+    p = significance.approximate_randomization(stats, stats, ratio, {"r": float("nan")}, trials=99, seed=0)
+    assert p == {"r": None}
+    finite = significance.approximate_randomization(stats, stats, lambda s: {"r": s[..., 0]}, {"r": 0.0}, trials=99)
+    assert finite == {"r": 1.0}  # identical systems: every trial is as extreme as the observed 0
+    test = bootstrap.paired_test(np.full(50, np.nan), np.full(50, np.nan), float("nan"))
+    assert test["p_value"] is None
+    assert bootstrap.paired_test(np.linspace(0, 1, 50), np.linspace(0, 1, 50), 0.0)["p_value"] == 1.0

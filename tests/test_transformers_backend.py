@@ -220,7 +220,7 @@ def test_without_a_chat_template_the_user_text_is_the_prompt(backends, monkeypat
 # -- what ran --------------------------------------------------------------------------------------------------------
 
 def test_describe_says_what_ran(checkpoints, backends):
-    from cxrgen.models.cxr_llava.backend import checkpoint_digest
+    from cxrgen.models.base import checkpoint_digest
 
     info = backends["gemma3"].describe()
     assert (info["backend"], info["model_class"], info["processor_class"]) == \

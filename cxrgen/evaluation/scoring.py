@@ -236,7 +236,7 @@ def _compare(name, baseline, scores, points, boot_values, test, ar_trials, seed)
         else:
             entry = {"diff": float(diffs[k]), "ci": None, "p_value": None}
         if test == "ar":
-            entry["p_value"] = float(p_ar[k])
+            entry["p_value"] = None if p_ar[k] is None else float(p_ar[k])
         out.append({"system": name, "baseline": baseline, "metric": k, "n": s.n, **entry, "test": test})
     return out
 

@@ -81,6 +81,8 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> list[float]
 def paired_test(boot_sys: np.ndarray, boot_base: np.ndarray, observed_diff: float) -> dict:
     """p-value and interval of the difference ``system - baseline`` from paired resamples."""
     d = np.asarray(boot_sys, dtype=np.float64) - np.asarray(boot_base, dtype=np.float64)
+    if not np.isfinite(observed_diff):  # an undefined difference has no p-value (not a tiny one)
+        return {"diff": float(observed_diff), "ci": percentile_interval(d), "p_value": None}
     extreme = np.abs(d - d.mean()) >= abs(observed_diff) - 1e-12
     p = (1 + int(extreme.sum())) / (len(d) + 1)
     return {"diff": float(observed_diff), "ci": percentile_interval(d), "p_value": float(p)}

@@ -61,11 +61,11 @@ def approximate_randomization(
     observed: Mapping[str, float],
     trials: int = DEFAULT_TRIALS,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Two-sided AR p-value of every key in ``observed`` (key -> observed difference system -
     baseline). ``stats_*``: the aligned ``(n, K)`` sufficient statistics of both systems;
     ``values(sums)``: every metric value from sums of shape ``(B, K)``. A trial in which a metric is
-    undefined (NaN) does not count as extreme."""
+    undefined (NaN) does not count as extreme; an observed difference that is undefined has no p-value (None)."""
     a = np.asarray(stats_sys, dtype=np.float64)
     z = np.asarray(stats_base, dtype=np.float64)
     if a.shape != z.shape:
@@ -83,4 +83,4 @@ def approximate_randomization(
         for k in observed:
             d = np.abs(np.asarray(va[k], dtype=np.float64) - np.asarray(vz[k], dtype=np.float64))
             extreme[k] += int(np.count_nonzero(d >= threshold[k]))
-    return {k: (1 + c) / (trials + 1) for k, c in extreme.items()}
+    return {k: (1 + c) / (trials + 1) if np.isfinite(observed[k]) else None for k, c in extreme.items()}

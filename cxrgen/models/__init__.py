@@ -7,8 +7,9 @@ Backends (``model.backend``):
                    (cxrgen.models.transformers)
     auto           cxr_llava when the checkpoint's config.json has ``clip_vision_cfg``, else transformers
 
-Each backend module provides ``load(model_cfg) -> ReportGenerator`` and ``download(model_cfg) -> (folder, commit)``.
-Adding a backend is one module with those two functions and one line in ``BACKENDS``.
+Each backend module provides ``load(model_cfg) -> ReportGenerator``, ``locate(model_cfg) -> (folder, commit)``
+(without downloading) and ``download(model_cfg) -> (folder, commit)``. Adding a backend is one module with those
+three functions and one line in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import GeneratedReport, Item, ModelError, ReportGenerator, static_batches
+from .base import GeneratedReport, Item, ModelError, ReportGenerator, checkpoint_digest, static_batches
 
 __all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "ReportGenerator", "download", "identity", "load",
            "resolve_backend", "static_batches"]
@@ -92,15 +93,25 @@ def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
 
 
 def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
-    """What decides the reports beyond the settings themselves: the backend that runs them (``backend`` when the
-    caller already has one, else resolved) and the content digest of the adapter, if any (so that a resumed run
-    refuses an adapter whose files changed under the same path)."""
+    """What decides the reports beyond the settings themselves, found without loading any weight: the backend that
+    runs them (``backend`` when the caller already has one, else resolved), the checkpoint itself (its Hub commit,
+    or for a local folder a digest of its config and weight index; None when it cannot be found yet) and the
+    content digest of the adapter, if any. A resumed run refuses a checkpoint or adapter whose files changed."""
+    backend = backend or resolve_backend(model_cfg)
+    checkpoint = None
+    if backend in BACKENDS:
+        try:
+            folder, commit = _backend_module(backend).locate(model_cfg)
+        except ModelError:  # not there (yet): loading it will say why
+            pass
+        else:
+            checkpoint = commit or checkpoint_digest(folder)
     digest = None
     if model_cfg.adapter:
         from .adapters import adapter_digest
 
         digest = adapter_digest(model_cfg)
-    return {"model.backend": backend or resolve_backend(model_cfg), "model.adapter_sha256": digest}
+    return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest}
 
 
 def load(model_cfg) -> ReportGenerator:

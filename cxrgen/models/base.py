@@ -26,6 +26,25 @@ class ModelError(ValueError):
     """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
 
 
+def checkpoint_digest(folder) -> str | None:
+    """sha256 over a checkpoint folder's config.json and weight index, and the names and sizes of its weight files:
+    identifies a local checkpoint whose Hub revision is unknown, without hashing gigabytes of weights."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def read_json_object(file, missing: str) -> dict:
     """A JSON object from a checkpoint or adapter file; ``missing`` is the message when the file is absent."""
     import json

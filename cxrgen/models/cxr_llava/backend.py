@@ -10,7 +10,6 @@ batches instead (:func:`cxrgen.models.base.static_batches`), for comparison.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..base import Finished, Item, ModelError, static_batches
+from ..base import Finished, Item, ModelError, checkpoint_digest, static_batches
 from . import checkpoint as ckpt
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, render_prompt
@@ -106,29 +105,25 @@ class CxrLlavaBackend:
             yield [(taken.pop(key), report) for key, report in done]
 
 
-def checkpoint_digest(folder: Path) -> str | None:
-    """sha256 over the checkpoint's config.json and its weight index (or the single weight file's size and
-    modification-free name list): identifies a local checkpoint whose Hub revision is unknown, without hashing
-    gigabytes of weights."""
-    if not folder.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        path = folder / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(f"{path.name}:{path.stat().st_size}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-def load(model_cfg) -> CxrLlavaBackend:
-    from .modeling import CxrLlava
+def _build_tiny_if_missing(model_cfg) -> None:
     from .tiny import ensure_tiny_checkpoint
 
     if model_cfg.build_tiny_if_missing and not Path(model_cfg.name_or_path).exists():
         log.info("building a tiny random checkpoint at %s (reports will be noise)", model_cfg.name_or_path)
         ensure_tiny_checkpoint(model_cfg.name_or_path)
+
+
+def locate(model_cfg):
+    """(local folder, Hub commit or None) of the checkpoint, without downloading; builds the demo's tiny checkpoint
+    when ``build_tiny_if_missing`` asks for it."""
+    _build_tiny_if_missing(model_cfg)
+    return ckpt.resolve(model_cfg.name_or_path, model_cfg.revision, allow_download=False)
+
+
+def load(model_cfg) -> CxrLlavaBackend:
+    from .modeling import CxrLlava
+
+    _build_tiny_if_missing(model_cfg)
     quantized = model_cfg.quantization != "none"
     if quantized:
         from ..quantization import check_quantization

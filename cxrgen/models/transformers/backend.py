@@ -45,7 +45,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import _offline
-from ..base import Finished, GeneratedReport, Item, ModelError, read_json_object, static_batches
+from ..base import Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches
 
 log = logging.getLogger("cxrgen")
 
@@ -103,6 +103,11 @@ def resolve(model_cfg, allow_download: bool | None = None) -> tuple[Path, str | 
         raise ModelError(f"{where}: {type(e).__name__}: {first}") from None
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
     return folder, commit
+
+
+def locate(model_cfg) -> tuple[Path, str | None]:
+    """(local folder, Hub commit or None) of the checkpoint, without downloading."""
+    return resolve(model_cfg, allow_download=False)
 
 
 def download(model_cfg) -> tuple[Path, str | None]:
@@ -236,7 +241,6 @@ class TransformersBackend:
     # -- what ran ----------------------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        from ..cxr_llava.backend import checkpoint_digest
 
         classes = {"model": type(self.model), "processor": type(self.processor),
                    "image_processor": type(self.processor.image_processor),
