@@ -352,3 +352,20 @@ def test_every_shipped_config_loads_and_validates(path):
 def test_model_configs_are_shipped():
     names = {load_config(p).model.name_or_path for p in (ROOT / "configs").glob("*.yaml")}
     assert {"google/medgemma-4b-it", "nathansutton/generate-cxr"} <= names
+
+
+def test_top_p_keeps_tokens_while_the_mass_above_them_is_below_top_p():
+    """One nucleus rule for both backends, transformers' own: compared with TopPLogitsWarper, ties included."""
+    import torch
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from cxrgen.models.base import top_p_filter
+
+    # binary fractions, so that the mass above a token can equal top_p exactly (0.5, 0.75)
+    probs = torch.tensor([[0.5, 0.25, 0.1875, 0.0625], [0.0625, 0.4375, 0.125, 0.375],
+                          [0.9375, 0.03125, 0.0234375, 0.0078125]])
+    for top_p in (0.3, 0.5, 0.6, 0.75, 0.8, 0.95, 0.99):
+        ours = top_p_filter(probs, top_p) > 0
+        theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, probs.log()))
+        assert torch.equal(ours, theirs), top_p
+    assert (top_p_filter(probs, 0.75)[0] > 0).tolist() == [True, True, False, False]  # mass above == top_p: dropped

@@ -26,6 +26,19 @@ class ModelError(ValueError):
     """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
 
 
+def top_p_filter(probs, top_p: float):
+    """Nucleus filtering of probabilities [..., vocab]: a token is kept while the mass of the tokens ranked above it
+    is below ``top_p`` (so the most probable one always is); the others get probability 0. This is the rule of
+    transformers' ``TopPLogitsWarper``, which the published CXR-LLaVA code samples with."""
+    import torch
+
+    if top_p >= 1:
+        return probs
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the tokens ranked above
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(before >= top_p, 0.0))
+
+
 def checkpoint_digest(folder) -> str | None:
     """sha256 over a checkpoint folder's config.json and weight index, and the names and sizes of its weight files:
     identifies a local checkpoint whose Hub revision is unknown, without hashing gigabytes of weights."""

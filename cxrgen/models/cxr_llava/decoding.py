@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import GeneratedReport, ModelError
+from ..base import GeneratedReport, ModelError, top_p_filter
 from .prompt import PromptIds
 
 log = logging.getLogger("cxrgen")
@@ -267,10 +267,7 @@ class SlotDecoder:
         if self.temperature == 0:
             return greedy
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        if self.top_p < 1:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0))
+        probs = top_p_filter(probs, self.top_p)
         sampled = [i for i, g in enumerate(generators) if g is not None]
         if sampled:
             draws = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in sampled])

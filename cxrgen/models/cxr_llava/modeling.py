@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..base import GeneratedReport
+from ..base import GeneratedReport, top_p_filter
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
 from .decoding import Request, attention_dtype, decode_stream, rotate_half
@@ -273,12 +273,7 @@ class CxrLlava(nn.Module):
         def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             if temperature == 0:
                 return logits.argmax(-1)
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            if top_p < 1:
-                sorted_probs, order = probs.sort(dim=-1, descending=True)
-                drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-                sorted_probs = sorted_probs.masked_fill(drop, 0)
-                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+            probs = top_p_filter(torch.softmax(logits.float() / temperature, dim=-1), top_p)
             return torch.cat([torch.multinomial(probs[i], 1, generator=generators[int(r)])
                               for i, r in enumerate(rows.tolist())])
 

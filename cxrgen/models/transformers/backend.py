@@ -45,7 +45,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import _offline
-from ..base import Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches
+from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches,
+                    top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -449,11 +450,7 @@ class _RowSampler:
         if self.generators is None:
             return scores
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the tokens ranked above
-            sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = top_p_filter(probs, self.top_p)
         picked = torch.full_like(scores, float("-inf"))
         for row, generator in enumerate(self.generators):
             token = torch.multinomial(probs[row], 1, generator=generator)
