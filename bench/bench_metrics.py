@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 from cxrgen.evaluation import evaluate_systems  # noqa: E402
 from cxrgen.metrics.tokenize import clean_pycoco  # noqa: E402
 
-DEFAULT_REPORTS = ROOT.parent / "shared" / "data" / "iu_xray_sample" / "reports"
+SHARED_REPORTS = ROOT.parent / "shared" / "data" / "iu_xray_sample" / "reports"  # 1,200 XMLs beside a checkout
+BUNDLED_REPORTS = ROOT / "tests" / "data" / "iu_reports"  # 300 of them, in every clone
+DEFAULT_REPORTS = SHARED_REPORTS if SHARED_REPORTS.is_dir() else BUNDLED_REPORTS
 
 
 def load_reports(folder: Path) -> list[tuple[str, str]]:
