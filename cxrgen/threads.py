@@ -13,8 +13,9 @@ before the next begins. When one of those threads shares its core with anything 
 workers, a neighbour on a shared node), every region waits for a scheduler time slice: on the 2-CPU development
 machine, 2 threads with one busy process beside them decoded 40x slower than 1 thread (31 against 0.8 ms per
 step), and even "quiet" runs with 2 threads varied from 0.6 to 12 ms per step with the ordinary background load,
-while 1 thread stayed at 0.7-0.8 ms. The best case of 2 threads was barely faster than 1. Leaving one allotted CPU
-free keeps the image workers and the main process's own work off the decoding threads' cores. ``OMP_NUM_THREADS``
+while 1 thread stayed at 0.7-0.8 ms. The best case of 2 threads was barely faster than 1. The CPU left over is
+for the main process's own work and for the image workers (``loader.num_workers: auto`` starts as many workers as
+there are CPUs beyond the first; they work ahead, then mostly wait for the decoder to take their studies). ``OMP_NUM_THREADS``
 set by the user wins over all of this.
 """
 

@@ -195,6 +195,10 @@ def test_refuses_tensors_that_match_nothing(tiny_dir, tmp_path):
         _refusal(tiny_dir, tmp_path / "extra")
     write_lora(tmp_path / "untargeted", target_modules=["v_proj"])
     assert "q_proj, which target_modules ['v_proj']" in _refusal(tiny_dir, tmp_path / "untargeted")
+    write_lora(tmp_path / "all-linear", target_modules="all-linear")  # PEFT's all-linear leaves lm_head out
+    _edit_tensors(tmp_path / "all-linear", lambda t: {**t, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64),
+                                                      "base_model.model.lm_head.lora_B.weight": torch.zeros(1000, 4)})
+    assert "lm_head, which target_modules 'all-linear'" in _refusal(tiny_dir, tmp_path / "all-linear")
     write_lora(tmp_path / "lonely")
     dropped = "base_model.model.llama.layers.1.self_attn.v_proj.lora_B.weight"
     _edit_tensors(tmp_path / "lonely", lambda t: {k: v for k, v in t.items() if k != dropped})

@@ -334,8 +334,10 @@ def _model_module_name(name: str) -> str:
 def _targeted(name: str, config: dict) -> bool:
     """Whether PEFT would have put a LoRA layer on module ``name`` under this adapter_config.json."""
     targets = config.get("target_modules")
-    if targets is None or targets == "all-linear":
+    if targets is None:
         selected = True
+    elif targets == "all-linear":  # PEFT's all-linear leaves the output layer out
+        selected = not name.endswith("lm_head")
     elif isinstance(targets, str):
         selected = re.fullmatch(targets, name) is not None
     else:
