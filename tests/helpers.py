@@ -1,20 +1,29 @@
-"""Helpers for tests that run generate_cxr.py: a manifest of the bundled images, a run configuration, the CLI,
-and a run started in a subprocess and caught after it has committed rows."""
+"""Helpers shared by the tests: a manifest of the bundled images, a run configuration, the CLI, a run started in a
+subprocess and caught after it has committed rows, a LoRA adapter for the tiny checkpoint, the bundled IU reports."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from cxrgen import runstore
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
+REPORTS = ROOT / "tests" / "data" / "iu_reports"
+HIDDEN, LAYERS = 64, 2  # the tiny checkpoint's language model (tiny_config defaults)
+SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
+          "o_proj": (HIDDEN, HIDDEN), "gate_proj": (2 * HIDDEN, HIDDEN), "up_proj": (2 * HIDDEN, HIDDEN),
+          "down_proj": (HIDDEN, 2 * HIDDEN)}  # [out, in]
 
 
 def write_manifest(folder: Path, n: int, broken: dict[int, str] | None = None) -> Path:
@@ -76,3 +85,45 @@ def start_until_committed(cfg_path: Path, run_dir: Path, rows: int, timeout: flo
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     return proc
+
+
+# -- LoRA adapters for the tiny CXR-LLaVA checkpoint ------------------------------------------------------------------
+
+def _module_path(layer: int, proj: str) -> str:
+    return f"layers.{layer}.{'mlp' if proj in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{proj}"
+
+
+def write_lora(folder: Path, *, prefix: str = "llama", targets=("q_proj", "v_proj"), r: int = 4, alpha: float = 8,
+               seed: int = 1, scale: float = 1.0, **config) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A LoRA adapter folder as PEFT writes it, with random A and B; returns {published module name: (A, B)}."""
+    g = torch.Generator().manual_seed(seed)
+    tensors, pairs = {}, {}
+    for layer in range(LAYERS):
+        for proj in targets:
+            out_f, in_f = SHAPES[proj]
+            a = torch.randn(r, in_f, generator=g) * scale / in_f ** 0.5
+            b = torch.randn(out_f, r, generator=g) * scale / r ** 0.5
+            module = _module_path(layer, proj)
+            tensors[f"base_model.model.{prefix}.{module}.lora_A.weight"] = a
+            tensors[f"base_model.model.{prefix}.{module}.lora_B.weight"] = b
+            pairs[f"llama.{module}"] = (a, b)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": list(targets),
+           "fan_in_fan_out": False, "bias": "none", "base_model_name_or_path": None, "task_type": "CAUSAL_LM",
+           **config}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return pairs
+
+
+# -- the bundled IU X-ray reports -------------------------------------------------------------------------------------
+
+def load_reports() -> list[str]:
+    """FINDINGS + IMPRESSION of each bundled IU report XML (tests/data/iu_reports), in id order; empty ones left out."""
+    texts = []
+    for path in sorted(REPORTS.glob("*.xml"), key=lambda p: int(p.stem)):
+        sections = {a.get("Label"): (a.text or "").strip() for a in ET.parse(path).getroot().iter("AbstractText")}
+        text = " ".join(t for t in (sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")) if t)
+        if text:
+            texts.append(text)
+    return texts

@@ -20,13 +20,10 @@ from cxrgen.config import ModelConfig
 from cxrgen.models import ModelError, load
 from cxrgen.models.adapters import merge_cxr_llava_adapter, merge_transformers_adapter
 from cxrgen.models.cxr_llava import CxrLlava
+from helpers import HIDDEN, LAYERS, write_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "demo" / "images").glob("*.png"))[:2]
-HIDDEN, LAYERS = 64, 2  # the tiny checkpoint's language model (tiny_config defaults)
-SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
-          "o_proj": (HIDDEN, HIDDEN), "gate_proj": (2 * HIDDEN, HIDDEN), "up_proj": (2 * HIDDEN, HIDDEN),
-          "down_proj": (HIDDEN, 2 * HIDDEN)}  # [out, in]
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +33,6 @@ def base_reports(tiny_dir):
 
 def _reports(model) -> list[list[int]]:
     return [r.token_ids for r in model.generate_reports([Image.open(p) for p in IMAGES], max_new_tokens=24)]
-
-
-def _module_path(layer: int, proj: str) -> str:
-    return f"layers.{layer}.{'mlp' if proj in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{proj}"
-
-
-def write_lora(folder: Path, *, prefix: str = "llama", targets=("q_proj", "v_proj"), r: int = 4, alpha: float = 8,
-               seed: int = 1, scale: float = 1.0, **config) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A LoRA adapter folder as PEFT writes it, with random A and B; returns {published module name: (A, B)}."""
-    g = torch.Generator().manual_seed(seed)
-    tensors, pairs = {}, {}
-    for layer in range(LAYERS):
-        for proj in targets:
-            out_f, in_f = SHAPES[proj]
-            a = torch.randn(r, in_f, generator=g) * scale / in_f ** 0.5
-            b = torch.randn(out_f, r, generator=g) * scale / r ** 0.5
-            module = _module_path(layer, proj)
-            tensors[f"base_model.model.{prefix}.{module}.lora_A.weight"] = a
-            tensors[f"base_model.model.{prefix}.{module}.lora_B.weight"] = b
-            pairs[f"llama.{module}"] = (a, b)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": list(targets),
-           "fan_in_fan_out": False, "bias": "none", "base_model_name_or_path": None, "task_type": "CAUSAL_LM",
-           **config}
-    (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    return pairs
 
 
 def premerged_checkpoint(tiny_dir: Path, out: Path, pairs, scaling) -> Path:

@@ -1,7 +1,6 @@
 """Cross-checks on real IU X-ray reports: pycocoevalcap (compat mode), NLTK BLEU and rouge-score
 (default mode), and the bootstrap against explicit re-scoring of resampled corpora."""
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,14 @@ from cxrgen.evaluation import evaluate_frame
 from cxrgen.metrics import bleu, bootstrap
 from cxrgen.metrics.suite import score_texts
 from cxrgen.metrics.tokenize import clean_pycoco, tokenize_cxr
+from helpers import load_reports
 
 REPORTS = Path(__file__).parent / "data" / "iu_reports"
 
 
-def _load_reports() -> list[str]:
-    texts = []
-    for path in sorted(REPORTS.glob("*.xml"), key=lambda p: int(p.stem)):
-        sections = {a.get("Label"): (a.text or "").strip() for a in ET.parse(path).getroot().iter("AbstractText")}
-        text = " ".join(t for t in (sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")) if t)
-        if text:
-            texts.append(text)
-    return texts
-
-
 @pytest.fixture(scope="module")
 def pairs():
-    refs = _load_reports()
+    refs = load_reports()
     assert len(refs) >= 280
     n = len(refs)
     hyps = [refs[(i + 1) % n] for i in range(n)] + [refs[(i + 7) % n] for i in range(n)]

@@ -197,8 +197,7 @@ def test_skip_names_whole_components():
 def test_backend_merges_the_adapter_first_then_quantizes(tiny_dir, tmp_path, monkeypatch):
     """Through the backend's load(): the layers handed to bitsandbytes hold the adapter-merged weights, and with
     layers that compute like nn.Linear the reports are those of the unquantized merged model."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_adapters import write_lora
+    from helpers import write_lora
 
     write_lora(tmp_path / "lora")
     calls = fake_bitsandbytes(monkeypatch)

@@ -8,7 +8,7 @@ import evaluate
 from cxrgen.evaluation import evaluate_frame
 from cxrgen.metrics import bootstrap
 from cxrgen.metrics.suite import score_texts
-from test_metrics_crosscheck import _load_reports
+from helpers import load_reports
 
 # The six pairs and the expected values of RadEval 2.2's own test, tests/test_basics.py of
 # https://github.com/jbdel/RadEval (MIT licence), copied as test data.
@@ -62,7 +62,7 @@ def test_radeval_mode_through_the_cli_has_intervals(tmp_path, capsys):
 
 
 def _iu_pairs():
-    texts = _load_reports()
+    texts = load_reports()
     n = len(texts)
     hyps = [texts[(i + 3) % n] for i in range(n)]
     hyps[0], hyps[5] = texts[0], ""

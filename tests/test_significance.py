@@ -11,11 +11,11 @@ import evaluate
 from cxrgen.evaluation import evaluate_systems
 from cxrgen.metrics import significance
 from cxrgen.metrics.suite import score_texts
-from test_metrics_crosscheck import _load_reports
+from helpers import load_reports
 
 
 def _reports(n):
-    return _load_reports()[:n]
+    return load_reports()[:n]
 
 
 def keyword_labels(texts):
