@@ -13,7 +13,6 @@ from cxrgen.metrics.suite import score_texts
 from cxrgen.metrics.tokenize import clean_pycoco, tokenize_cxr
 from helpers import load_reports
 
-REPORTS = Path(__file__).parent / "data" / "iu_reports"
 
 
 @pytest.fixture(scope="module")
