@@ -1,7 +1,6 @@
 """Cross-checks on real IU X-ray reports: pycocoevalcap (compat mode), NLTK BLEU and rouge-score
 (default mode), and the bootstrap against explicit re-scoring of resampled corpora."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
