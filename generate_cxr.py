@@ -24,7 +24,7 @@ from cxrgen import runner
 from cxrgen.config import ConfigError, load_config
 from cxrgen.datasets import DatasetError, MissingSplitError
 from cxrgen.evaluation import EvaluationInputError
-from cxrgen.models import ModelError
+from cxrgen.models import ModelError, NotInCacheError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return runner.EXIT_INCOMPLETE
     except (ConfigError, runner.RunError, DatasetError, ModelError, EvaluationInputError) as e:
-        hint = " (--no-resume)" if isinstance(e, runner.SettingsChangedError) else split_hint(e)
+        hint = " (--no-resume)" if isinstance(e, runner.SettingsChangedError) else fetch_hint(e) or split_hint(e)
         print(f"error: {e}{hint}", file=sys.stderr)  # each names its file, key or setting
         return runner.EXIT_USAGE
 
@@ -105,6 +105,16 @@ def make_split(cfg, force: bool) -> int:
     for name in SPLITS:
         print(f"  {result.files[name]}: {c[name]} studies, {said[result.status[name]]}")
     return runner.EXIT_OK
+
+
+def fetch_hint(error: Exception) -> str:
+    """The command that fetches a model or adapter missing from the Hugging Face cache, for the error line."""
+    if not isinstance(error, NotInCacheError):
+        return ""
+    if error.setting == "model.adapter":
+        return f": huggingface-cli download {shlex.quote(error.repo_id)}"
+    revision = f" --set model.revision={shlex.quote(error.revision)}" if error.revision else ""
+    return f": python generate_cxr.py --download-model --set model.name_or_path={shlex.quote(error.repo_id)}{revision}"
 
 
 def split_hint(error: Exception) -> str:

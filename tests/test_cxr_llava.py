@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from cxrgen.models.base import NotInCacheError
 from cxrgen.models.cxr_llava import (
     REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CheckpointError, CxrLlava, CxrLlavaConfig, render_prompt,
 )
@@ -517,8 +518,11 @@ def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch, tiny_d
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*--download-model"):
+    with pytest.raises(NotInCacheError, match=r"ECOFRI/CXR-LLAVA-v2: not in the local Hugging Face cache") as e:
         resolve("ECOFRI/CXR-LLAVA-v2")
+    import generate_cxr  # the command line adds the command that fetches it
+    assert generate_cxr.fetch_hint(e.value) == (": python generate_cxr.py --download-model --set "
+                                               "model.name_or_path=ECOFRI/CXR-LLAVA-v2")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--ECOFRI--CXR-LLAVA-v2"
     (repo / "refs").mkdir(parents=True)

@@ -19,9 +19,11 @@ import json
 import os
 from pathlib import Path
 
-from .base import GeneratedReport, Item, ModelError, ReportGenerator, checkpoint_digest, static_batches
+from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest,
+                   static_batches)
 
-__all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "ReportGenerator", "download", "identity", "load",
+__all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "NotInCacheError", "ReportGenerator", "download",
+           "identity", "load",
            "resolve_backend", "static_batches"]
 
 BACKENDS = {
@@ -62,13 +64,7 @@ def _config_json(model_cfg, allow_download: bool) -> dict | None:
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text(encoding="utf-8"))
     if not allow_download or _offline():
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        why = "HF_HUB_OFFLINE is set" if _offline() else "downloads are off (model.allow_download: false)"
-        raise ModelError(
-            f"model.name_or_path {name}{'@' + model_cfg.revision if model_cfg.revision else ''}: not in the local "
-            f"Hugging Face cache ({HF_HUB_CACHE}) and {why}. Fetch it once on a machine with internet access "
-            "(see the README, 'Fetch the weights once')")
+        raise NotInCacheError("model.name_or_path", name, model_cfg.revision, allow_download)
     try:
         return json.loads(Path(hf_hub_download(name, "config.json", revision=model_cfg.revision)).read_text())
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:

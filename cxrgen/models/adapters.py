@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ModelError, read_json_object
+from .base import ModelError, NotInCacheError, read_json_object
 
 log = logging.getLogger("cxrgen")
 
@@ -106,12 +106,7 @@ def _adapter_folder(spec: str, allow_download: bool) -> tuple[Path, str | None]:
         folder = Path(snapshot_download(spec, local_files_only=local_only,
                                         allow_patterns=[CONFIG_FILE, *WEIGHT_FILES]))
     except LocalEntryNotFoundError:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        why = ("HF_HUB_OFFLINE is set" if _offline() else "downloads are off (model.allow_download: false)"
-               if not allow_download else "the Hugging Face Hub could not be reached")
-        raise ModelError(f"model.adapter {spec}: not in the local Hugging Face cache ({HF_HUB_CACHE}) and {why}; "
-                         f"fetch it once with: huggingface-cli download {spec}") from None
+        raise NotInCacheError("model.adapter", spec, None, allow_download) from None
     except HfHubHTTPError as e:
         raise ModelError(f"model.adapter {spec}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None

@@ -26,6 +26,24 @@ class ModelError(ValueError):
     """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
 
 
+class NotInCacheError(ModelError):
+    """A checkpoint or adapter on the Hub that is not in the local Hugging Face cache and may not be fetched now.
+
+    ``repo_id`` names it and ``setting`` the key that holds it (``model.name_or_path``, ``model.adapter``)."""
+
+    def __init__(self, setting: str, repo_id: str, revision: str | None, allow_download: bool):
+        import os
+
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        why = ("HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached" if allow_download
+               else "downloads are off (model.allow_download: false)")
+        super().__init__(f"{setting} {repo_id}{'@' + revision if revision else ''}: not in the local Hugging Face "
+                         f"cache ({HF_HUB_CACHE}) and {why}; fetch it once on a machine with internet access")
+        self.setting, self.repo_id, self.revision = setting, repo_id, revision
+
+
 def top_p_filter(probs, top_p: float):
     """Nucleus filtering of probabilities [..., vocab]: a token is kept while the mass of the tokens ranked above it
     is below ``top_p`` (so the most probable one always is); the others get probability 0. This is the rule of

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import torch
 
+from ..base import NotInCacheError
 from .configuration import CheckpointError
 
 DEFAULT_MODEL_ID = "ECOFRI/CXR-LLAVA-v2"
@@ -66,18 +67,7 @@ def resolve(name_or_path: str, revision: str | None = None, allow_download: bool
             folder = Path(snapshot_download(name_or_path, revision=revision, local_files_only=local_only,
                                             allow_patterns=NEEDED_FILES + BIN_FILES))
     except LocalEntryNotFoundError:
-        from huggingface_hub.constants import HF_HUB_CACHE
-        if offline:
-            why = "HF_HUB_OFFLINE is set"
-        elif not allow_download:
-            why = "downloads are off (model.allow_download: false)"
-        else:
-            why = "the Hugging Face Hub could not be reached"
-        raise CheckpointError(
-            f"{name_or_path}{'@' + revision if revision else ''}: not in the local Hugging Face cache "
-            f"({HF_HUB_CACHE}) and {why}. Fetch it once on a machine with internet access: "
-            f"python generate_cxr.py --download-model --set model.name_or_path={name_or_path}"
-        ) from None
+        raise NotInCacheError("model.name_or_path", name_or_path, revision, allow_download) from None
     except HfHubHTTPError as e:  # unknown or gated repository, unknown revision, server errors
         raise CheckpointError(f"{name_or_path}{'@' + revision if revision else ''}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0]}") from None

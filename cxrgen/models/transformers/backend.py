@@ -45,8 +45,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import _offline
-from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches,
-                    top_p_filter)
+from ..base import (Finished, GeneratedReport, Item, ModelError, NotInCacheError, checkpoint_digest, read_json_object,
+                    static_batches, top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -88,17 +88,7 @@ def resolve(model_cfg, allow_download: bool | None = None) -> tuple[Path, str | 
             folder = Path(snapshot_download(name, revision=model_cfg.revision, local_files_only=local_only,
                                             allow_patterns=patterns + BIN_FILES))
     except LocalEntryNotFoundError:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        if _offline():
-            why = "HF_HUB_OFFLINE is set"
-        elif not allow:
-            why = "downloads are off (model.allow_download: false)"
-        else:
-            why = "the Hugging Face Hub could not be reached"
-        raise ModelError(f"{where}: not in the local Hugging Face cache ({HF_HUB_CACHE}) and {why}. Fetch it once "
-                         "on a machine with internet access: python generate_cxr.py --download-model --set "
-                         f"model.name_or_path={name}") from None
+        raise NotInCacheError("model.name_or_path", name, model_cfg.revision, allow) from None
     except (HfHubHTTPError, OSError, ValueError) as e:  # unknown or gated repository, unknown revision, ...
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"{where}: {type(e).__name__}: {first}") from None
