@@ -257,8 +257,8 @@ def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool,
             )
         log.info("%s: an earlier start with other settings committed no row; its records are replaced", run_dir)
     runstore.atomic_write(runstore.selection_path(run_dir), json.dumps(ids).encode())
-    runstore.write_json(path, {"run_id": run_id, "model_identity": model_identity, "config": cfg.to_dict(), "limit": limit,
-                               "shards": shard[1], "dataset_counts": selection.counts,
+    runstore.write_json(path, {"run_id": run_id, "model_identity": model_identity, "config": cfg.to_dict(),
+                               "limit": limit, "shards": shard[1], "dataset_counts": selection.counts,
                                "data_files": data_files(cfg)})
     return run_id
 

@@ -140,16 +140,6 @@ def write_marker(part: Path, run_id: str, length: int) -> None:
     atomic_write(marker_path(part), json.dumps({"run": run_id, "bytes": length}).encode())
 
 
-def read_committed(part: Path) -> bytes:
-    """The committed bytes of a part file (all of it when it has no marker)."""
-    data = Path(part).read_bytes()
-    try:
-        marker = read_marker(part)
-    except ValueError as e:
-        raise RunError(str(e)) from None
-    return data if marker is None else data[:marker[1]]
-
-
 # -- rows as CSV -------------------------------------------------------------------------------------------------
 
 def clean_text(value: Any) -> str:

@@ -75,6 +75,16 @@ def committed_rows(run_dir: Path) -> int:
         return 0
 
 
+def resume_and_compare(cfg_path: Path, run_dir: Path, expected: pd.DataFrame, done_before: int) -> None:
+    """Rerun the command of a killed run: it skips the committed rows and ends with exactly ``expected``'s rows."""
+    result = run_cli("--config", str(cfg_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{done_before} already done, {len(expected) - done_before} to go" in result.stderr
+    resumed = reports(run_dir)
+    assert resumed["id"].is_unique and len(resumed) == len(expected)
+    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+
+
 def start_until_committed(cfg_path: Path, run_dir: Path, rows: int, timeout: float = 90) -> subprocess.Popen:
     """generate_cxr.py in its own process group, returned once it has committed ``rows`` rows (still running)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "generate_cxr.py"), "--quiet", "--config", str(cfg_path)],

@@ -17,7 +17,7 @@ from cxrgen import runner, runstore
 from cxrgen.config import load_config
 from cxrgen.models.cxr_llava import CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
-from helpers import make_config, reports, run_cli, start_until_committed, write_manifest
+from helpers import make_config, reports, resume_and_compare, start_until_committed, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "tests" / "data" / "upstream_reference" / "tiny"
@@ -72,12 +72,7 @@ def test_sigkill_during_continuous_batching_loses_only_rows_in_flight(tmp_path, 
     after = _part(run_dir)
     assert 4 <= len(seen) <= len(after) < 18 and not (run_dir / "reports.csv").exists()
     pd.testing.assert_frame_equal(after.iloc[:len(seen)], seen)  # nothing committed was lost or changed
-    result = run_cli("--config", str(cfg_path))
-    assert result.returncode == 0, result.stderr
-    assert f"{len(after)} already done, {18 - len(after)} to go" in result.stderr
-    resumed = reports(run_dir)
-    assert resumed["id"].is_unique and len(resumed) == 18
-    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    resume_and_compare(cfg_path, run_dir, expected, len(after))
 
 
 def test_cuda_graphs_on_without_cuda_fails_before_any_study_is_taken(model):

@@ -20,7 +20,8 @@ from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
-from helpers import committed_rows, make_config, reports, run_cli, start_until_committed, write_manifest
+from helpers import (committed_rows, make_config, reports, resume_and_compare, run_cli, start_until_committed,
+                     write_manifest)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
@@ -365,12 +366,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
         assert "resume" in err
     done_before = committed_rows(run_dir)
     assert 4 <= done_before < 16 and not (run_dir / "reports.csv").exists()
-    result = run_cli("--config", str(cfg_path))
-    assert result.returncode == 0, result.stderr
-    assert f"{done_before} already done" in result.stderr
-    resumed = reports(run_dir)
-    assert resumed["id"].is_unique and len(resumed) == 16
-    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    resume_and_compare(cfg_path, run_dir, expected, done_before)
 
 
 def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_dir, uninterrupted):

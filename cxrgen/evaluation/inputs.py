@@ -69,7 +69,8 @@ def committed_length(path: Path) -> int | None:
         return None
     try:
         marker = runstore.read_marker(path)
-        saved = runstore.read_json(runstore.run_config_path(path.parent.parent)) if path.parent.name == "parts" else None
+        in_run = path.parent.name == "parts"
+        saved = runstore.read_json(runstore.run_config_path(path.parent.parent)) if in_run else None
     except (ValueError, runstore.RunError) as exc:
         raise EvaluationInputError(str(exc)) from None
     if marker is None:
