@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
-from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest,
+from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest, hub_offline,
                    static_batches)
 
 __all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "NotInCacheError", "ReportGenerator", "download",
@@ -36,10 +35,6 @@ def _backend_module(name: str):
     if name not in BACKENDS:
         raise ModelError(f"model.backend must be auto or one of {', '.join(BACKENDS)}; got {name!r}")
     return importlib.import_module(BACKENDS[name])
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _config_json(model_cfg, allow_download: bool) -> dict | None:
@@ -63,7 +58,7 @@ def _config_json(model_cfg, allow_download: bool) -> dict | None:
     cached = try_to_load_from_cache(name, "config.json", revision=model_cfg.revision)
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text(encoding="utf-8"))
-    if not allow_download or _offline():
+    if not allow_download or hub_offline():
         raise NotInCacheError("model.name_or_path", name, model_cfg.revision, allow_download)
     try:
         return json.loads(Path(hf_hub_download(name, "config.json", revision=model_cfg.revision)).read_text())

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ModelError, NotInCacheError, read_json_object
+from .base import ModelError, NotInCacheError, hub_offline, read_json_object
 
 log = logging.getLogger("cxrgen")
 
@@ -99,9 +99,7 @@ def _adapter_folder(spec: str, allow_download: bool) -> tuple[Path, str | None]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from . import _offline
-
-    local_only = _offline() or not allow_download
+    local_only = hub_offline() or not allow_download
     try:
         folder = Path(snapshot_download(spec, local_files_only=local_only,
                                         allow_patterns=[CONFIG_FILE, *WEIGHT_FILES]))

@@ -18,12 +18,21 @@ rows of a batch as they finish.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 
 class ModelError(ValueError):
     """A model that cannot be found, loaded or run as configured; the message is one line naming the path or key."""
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids the Hugging Face Hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class NotInCacheError(ModelError):
@@ -32,12 +41,9 @@ class NotInCacheError(ModelError):
     ``repo_id`` names it and ``setting`` the key that holds it (``model.name_or_path``, ``model.adapter``)."""
 
     def __init__(self, setting: str, repo_id: str, revision: str | None, allow_download: bool):
-        import os
-
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-        why = ("HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached" if allow_download
+        why = ("HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub could not be reached" if allow_download
                else "downloads are off (model.allow_download: false)")
         super().__init__(f"{setting} {repo_id}{'@' + revision if revision else ''}: not in the local Hugging Face "
                          f"cache ({HF_HUB_CACHE}) and {why}; fetch it once on a machine with internet access")
@@ -60,9 +66,6 @@ def top_p_filter(probs, top_p: float):
 def checkpoint_digest(folder) -> str | None:
     """sha256 over a checkpoint folder's config.json and weight index, and the names and sizes of its weight files:
     identifies a local checkpoint whose Hub revision is unknown, without hashing gigabytes of weights."""
-    import hashlib
-    from pathlib import Path
-
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -78,9 +81,6 @@ def checkpoint_digest(folder) -> str | None:
 
 def read_json_object(file, missing: str) -> dict:
     """A JSON object from a checkpoint or adapter file; ``missing`` is the message when the file is absent."""
-    import json
-    from pathlib import Path
-
     file = Path(file)
     if not file.is_file():
         raise ModelError(missing)

@@ -15,14 +15,13 @@ every tensor must be used or be on the short ignore list below, and every parame
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from ..base import NotInCacheError
+from ..base import NotInCacheError, hub_offline
 from .configuration import CheckpointError
 
 DEFAULT_MODEL_ID = "ECOFRI/CXR-LLAVA-v2"
@@ -58,8 +57,7 @@ def resolve(name_or_path: str, revision: str | None = None, allow_download: bool
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    local_only = offline or not allow_download
+    local_only = hub_offline() or not allow_download
     try:
         folder = Path(snapshot_download(name_or_path, revision=revision, local_files_only=local_only,
                                         allow_patterns=NEEDED_FILES + SAFETENSORS_FILES))

@@ -44,9 +44,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .. import _offline
-from ..base import (Finished, GeneratedReport, Item, ModelError, NotInCacheError, checkpoint_digest, read_json_object,
-                    static_batches, top_p_filter)
+from ..base import (Finished, GeneratedReport, Item, ModelError, NotInCacheError, checkpoint_digest, hub_offline,
+                    read_json_object, static_batches, top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -78,7 +77,7 @@ def resolve(model_cfg, allow_download: bool | None = None) -> tuple[Path, str | 
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     allow = model_cfg.allow_download if allow_download is None else allow_download
-    local_only = _offline() or not allow
+    local_only = hub_offline() or not allow
     patterns = HUB_FILES + (["*.py"] if model_cfg.trust_remote_code else [])
     where = f"model.name_or_path {name}{'@' + model_cfg.revision if model_cfg.revision else ''}"
     try:
