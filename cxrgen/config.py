@@ -97,6 +97,8 @@ class GenerationConfig:
     max_new_tokens   report length limit in tokens
     temperature      0 = greedy (reproducible); > 0 samples with top_p, each study seeded from seed and its id
     cuda_graphs      auto | on | off: capture the fixed-shape decode step as a CUDA graph (auto: on CUDA only)
+    batch_invariant  a study's report does not depend on the studies decoded beside it or on where a run was
+                     resumed (cxr_llava backend: every kernel sees one shape; see decoding.Shapes)
     """
 
     batch_size: int = 16
@@ -105,6 +107,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int = 0
     cuda_graphs: str = "auto"
+    batch_invariant: bool = False
 
 
 @dataclass

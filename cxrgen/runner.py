@@ -63,7 +63,7 @@ EXIT_SIGINT = 130  # stopped by Ctrl-C after committing its work; run again to r
 RUN_DEFINING = ["model.backend", "model.name_or_path", "model.revision", "model.dtype", "model.adapter",
                 "model.quantization", "model.trust_remote_code", "prompt.system", "prompt.user",
                 "generation.max_new_tokens", "generation.temperature", "generation.top_p", "generation.seed",
-                "data", "loader.max_pixels", "loader.percentile_window"]
+                "generation.batch_invariant", "data", "loader.max_pixels", "loader.percentile_window"]
 
 
 class IncompleteShardError(RunError):

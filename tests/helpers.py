@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a manifest of the bundled images, a run configuration, the CLI, a run started in a
-subprocess and caught after it has committed rows, a LoRA adapter for the tiny checkpoint, the bundled IU reports."""
+subprocess and caught after it has committed rows, a LoRA adapter for the tiny checkpoint, the bundled IU reports,
+transformers' own generate as the reference for the transformers backend."""
 
 from __future__ import annotations
 
@@ -137,3 +138,34 @@ def load_reports() -> list[str]:
         if text:
             texts.append(text)
     return texts
+
+
+# -- transformers' own generate, the transformers backend's reference ---------------------------------------------
+
+def transformers_generate(folder: Path, images: list[Path], system: str | None, user: str, max_new_tokens: int,
+                          device: str = "cpu") -> list[tuple[str, int, bool]]:
+    """(text, new tokens without the end token, stopped at an end token) per image: transformers' own ``generate``,
+    greedy, one image at a time, on inputs the processor builds from the chat messages (as the model cards show),
+    from a freshly loaded processor and model in float32."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from cxrgen.imaging import read_image
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    eos = model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos)
+    rows = []
+    for path in images:
+        image = read_image(path).convert("RGB")
+        messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": user}]}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = generated[0, inputs["input_ids"].shape[1]:].tolist()
+        stopped = bool(new) and new[-1] in eos
+        ids = new[:-1] if stopped else new
+        rows.append((processor.decode(new, skip_special_tokens=True).strip(), len(ids), stopped))
+    return rows

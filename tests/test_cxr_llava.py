@@ -23,7 +23,7 @@ from cxrgen.models.cxr_llava import (
 )
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava.checkpoint import resolve
-from cxrgen.models.cxr_llava.decoding import DecodeStats, Request
+from cxrgen.models.cxr_llava.decoding import DecodeStats, Request, Shapes
 from cxrgen.models.cxr_llava.preprocess import preprocess_image
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 from cxrgen.threads import configure_threads
@@ -182,6 +182,48 @@ def test_a_study_can_have_a_lower_token_limit_of_its_own(reference):
         cap = 64 if limit is None else min(limit, 64)
         assert short[i].token_ids == full[i].token_ids[:cap], i
         assert short[i].stopped_at_eos == (full[i].stopped_at_eos and full[i].n_new_tokens < cap)
+
+
+def test_fixed_shapes_keep_the_published_tokens(reference):
+    """Shapes(fixed=True), also with the matrix products padded to 8 rows: still the published code's tokens
+    (10 studies, 4 slots); every step runs over all 4 slots to the end and every prefill pass takes one study."""
+    model, rows = reference
+    names = [rows[i % len(rows)]["image"] for i in range(10)]
+    for shapes in (Shapes(fixed=True), Shapes(fixed=True, pad_to=8)):
+        stats = DecodeStats()
+        got, _ = _streamed(model, _requests(model, names), slots=4, max_new_tokens=rows[0]["max_new_tokens"],
+                           shapes=shapes, stats=stats)
+        for i in range(10):
+            row = rows[i % len(rows)]
+            assert got[i].token_ids == (row["generated_ids"][:-1] if row["stopped_at_eos"] else row["generated_ids"])
+        assert stats.row_steps == 4 * stats.steps and stats.prefills == stats.prefill_rows == 10
+
+
+def test_batch_invariant_reports_do_not_depend_on_the_batch_in_bfloat16(tiny_dir):
+    """In bfloat16 a study's greedy report can change with the studies that share its prefill (on this CPU, 18 of
+    24 reports of this checkpoint differ between batch 1 and 4 by default). With Shapes(fixed=True), what
+    generation.batch_invariant turns on, batch 1, 4 and 8 and a run stopped after 7 reports and resumed with the
+    rest give the same tokens."""
+    model = CxrLlava.from_pretrained(tiny_dir, device="cpu", dtype="bfloat16")
+    size = model.config.vision.image_size
+    pixels = torch.randn(24, 1, size, size, generator=torch.Generator().manual_seed(0))
+    requests = [Request(i, pixels[i], model.prompt_ids()) for i in range(24)]
+    fixed = Shapes(fixed=True)
+
+    def tokens(slots, todo=requests, stop_after=None):
+        out, stream = {}, model.stream_reports(todo, slots=slots, max_new_tokens=40, shapes=fixed)
+        for done in stream:
+            out.update((key, report.token_ids) for key, report in done)
+            if stop_after and len(out) >= stop_after:
+                stream.close()
+                break
+        return out
+
+    alone = tokens(1)
+    assert tokens(4) == alone and tokens(8) == alone
+    first = tokens(4, stop_after=7)
+    assert 7 <= len(first) < 24
+    assert {**first, **tokens(4, [r for r in requests if r.key not in first])} == alone
 
 
 def test_compiled_decode_step_gives_the_same_tokens():

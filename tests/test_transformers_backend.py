@@ -21,6 +21,7 @@ from cxrgen.imaging import read_image
 from cxrgen.models import ModelError
 from cxrgen.models.transformers import TransformersBackend, load
 from cxrgen.models.transformers.tiny import build_tiny_blip, build_tiny_gemma3, build_tiny_llava
+from helpers import transformers_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "demo" / "images").glob("*.png"))
@@ -77,32 +78,9 @@ def run(tmp: Path, folder: Path, backend, run_name: str, **sections) -> pd.DataF
 
 @pytest.fixture(scope="module")
 def reference(checkpoints) -> dict[str, list[tuple[str, int, bool]]]:
-    """transformers' own generate, one image at a time, on inputs the processor builds from the chat messages
-    (as the model cards show), from a freshly loaded processor and model."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    out = {}
-    for name, folder in checkpoints.items():
-        processor = AutoProcessor.from_pretrained(folder)
-        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
-        eos = model.generation_config.eos_token_id
-        eos = {eos} if isinstance(eos, int) else set(eos)
-        rows = []
-        for i in range(N_STUDIES):
-            image = read_image(IMAGES[i % len(IMAGES)]).convert("RGB")
-            messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-                        {"role": "user", "content": [{"type": "image", "image": image},
-                                                     {"type": "text", "text": USER}]}]
-            inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt")
-            with torch.inference_mode():
-                generated = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-            new = generated[0, inputs["input_ids"].shape[1]:].tolist()
-            stopped = bool(new) and new[-1] in eos
-            ids = new[:-1] if stopped else new
-            rows.append((processor.decode(new, skip_special_tokens=True).strip(), len(ids), stopped))
-        out[name] = rows
-    return out
+    """transformers' own generate, one image at a time (helpers.transformers_generate)."""
+    images = [IMAGES[i % len(IMAGES)] for i in range(N_STUDIES)]
+    return {name: transformers_generate(folder, images, SYSTEM, USER, MAX_NEW) for name, folder in checkpoints.items()}
 
 
 def as_rows(frame: pd.DataFrame) -> list[tuple[str, int, bool]]:

@@ -72,7 +72,7 @@ class CxrLlavaBackend:
         return render_prompt(*_prompt_parts(prompt))
 
     def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
-        from .decoding import Request, resolve_cuda_graphs
+        from .decoding import Request, Shapes, resolve_cuda_graphs
 
         ids = self.model.tokenizer.encode_prompt(self.render_prompt(prompt))
         cuda_graphs = generation.cuda_graphs
@@ -83,7 +83,8 @@ class CxrLlavaBackend:
             cuda_graphs = "off"
         resolve_cuda_graphs(cuda_graphs, self.device)  # refuse `on` off CUDA before taking any study
         settings = dict(max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
-                        top_p=generation.top_p, cuda_graphs=cuda_graphs)
+                        top_p=generation.top_p, cuda_graphs=cuda_graphs,
+                        shapes=Shapes(fixed=True) if generation.batch_invariant else None)
         if self.batching == "static":
             def generate(batch: list[Item]):
                 pixels = np.stack([item.inputs for item in batch])

@@ -30,6 +30,7 @@ one draw per token, so it does not depend on its batch or slot either.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -57,7 +58,8 @@ class Request:
 
 @dataclass
 class DecodeStats:
-    """What a decode run did (for benchmarks): decode steps, rows x steps, prefill calls and rows, graphs captured."""
+    """What a decode run did (for benchmarks): decode steps, rows x steps, prefill calls and rows, graphs captured
+    and the seconds their captures took."""
 
     steps: int = 0
     row_steps: int = 0
@@ -66,6 +68,25 @@ class DecodeStats:
     prefill_rows: int = 0
     graphs: int = 0
     graph_sizes: list[int] = field(default_factory=list)
+    capture_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """How the decoder shapes its work on the device.
+
+    ``fixed``: a study's numbers depend on it alone, not on the studies decoded beside it nor on where a run was
+    stopped and resumed. Matrix kernels pick their reduction order by shape, so every shape a study passes through
+    is kept constant: each step runs over all slots to the end (no shrinking), one study per prefill pass, attention
+    over the whole cache capacity, a capacity of longest prompt + ``max_new_tokens``. ``pad_to``: the step's matrix
+    products run over at least this many rows (padding rows appended), so that up to ``pad_to`` slots their shapes do
+    not depend on the number of slots either. ``key_bucket``: CUDA graphs attend up to the highest live position
+    rounded up to a multiple of this (one graph per bucket) instead of the whole capacity; not with ``fixed``.
+    """
+
+    fixed: bool = False
+    pad_to: int | None = None
+    key_bucket: int | None = None
 
 
 def resolve_cuda_graphs(setting: str | bool, device: torch.device) -> bool:
@@ -98,11 +119,14 @@ class DecodeStep(nn.Module):
     position and returns the logits [b, vocab]. The caches are lists (one per layer) of [b, kv_heads, capacity,
     head_dim]. ``keys``: attend over cache positions [0, keys) only (None: the whole capacity, the fixed shape that
     CUDA graphs capture; eager runs pass one past the highest live position, which the host knows, and save the
-    attention over positions no live row can see).
+    attention over positions no live row can see). ``pad_to``: run the norms, projections, MLPs and output layer
+    over at least this many rows (zero rows appended), so that their kernels see one shape whatever the number of
+    slots; the logits of every row, padding included, are returned.
     """
 
-    def __init__(self, model, capacity: int):
+    def __init__(self, model, capacity: int, pad_to: int | None = None):
         super().__init__()
+        self.pad_to = pad_to
         lm = model.language_model
         cfg = lm.config
         self.lm = lm
@@ -121,6 +145,9 @@ class DecodeStep(nn.Module):
         lm, nh, nkv, hd = self.lm, self.n_heads, self.n_kv, self.head_dim
         b = tokens.shape[0]
         x = lm.model.embed_tokens(tokens)[:, None]  # [b, 1, hidden]
+        w = max(b, self.pad_to or 0)  # rows of the matrix products
+        if w > b:
+            x = torch.cat([x, x.new_zeros(w - b, *x.shape[1:])])
         cos = self.cos[positions][:, None, None]  # [b, 1, 1, head_dim]
         sin = self.sin[positions][:, None, None]
         key_index = self.key_index if keys is None else self.key_index[:keys]
@@ -135,9 +162,9 @@ class DecodeStep(nn.Module):
         for layer, cache_k, cache_v in zip(lm.model.layers, caches_k, caches_v):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, 1, nh, hd).transpose(1, 2)
-            k = attn.k_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
-            v = attn.v_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
+            q = attn.q_proj(h)[:b].view(b, 1, nh, hd).transpose(1, 2)
+            k = attn.k_proj(h)[:b].view(b, 1, nkv, hd).transpose(1, 2)
+            v = attn.v_proj(h)[:b].view(b, 1, nkv, hd).transpose(1, 2)
             q = (q * cos + rotate_half(q) * sin).to(cache_k.dtype)
             k = (k * cos + rotate_half(k) * sin).to(cache_k.dtype)
             v = v.to(cache_k.dtype)
@@ -150,7 +177,10 @@ class DecodeStep(nn.Module):
             if keys is not None:
                 cache_k, cache_v = cache_k[:, :, :keys], cache_v[:, :, :keys]
             o = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask, enable_gqa=nkv != nh)
-            x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, 1, nh * hd))
+            o = o.to(x.dtype).transpose(1, 2).reshape(b, 1, nh * hd)
+            if w > b:
+                o = torch.cat([o, o.new_zeros(w - b, *o.shape[1:])])
+            x = x + attn.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return lm.lm_head(lm.model.norm(x[:, -1]))
 
@@ -173,13 +203,14 @@ class SlotDecoder:
     """The state of one continuous-batching run; see the module docstring. Use :func:`decode_stream`."""
 
     def __init__(self, model, *, slots: int, capacity: int, temperature: float, top_p: float, graphs: bool,
-                 eos_check_every: int, step: Callable | None, stats: DecodeStats):
+                 eos_check_every: int, step: Callable | None, stats: DecodeStats, shapes: "Shapes"):
         lm = model.language_model
         self.model, self.slots, self.capacity = model, slots, capacity
         self.temperature, self.top_p, self.every, self.stats = temperature, top_p, eos_check_every, stats
+        self.shapes = shapes
         self.device, self.dtype = model.device, model.dtype
         self.eos_id = model.tokenizer.eos_id
-        self.step_module = DecodeStep(model, capacity)
+        self.step_module = DecodeStep(model, capacity, pad_to=shapes.pad_to)
         self.step = step(self.step_module) if step is not None else self.step_module
         n_kv, hd = self.step_module.n_kv, self.step_module.head_dim
         # zeros, not empty: masked positions are read with weight 0, and 0 * NaN would not be 0
@@ -193,14 +224,19 @@ class SlotDecoder:
         self.width = slots  # slots the step runs over (shrinks when draining)
         self.graphs_on = graphs
         self.graphs_required = False  # cuda_graphs: on (a capture failure is an error, not a warning)
-        self.trim_keys = not graphs and step is None  # eager: attend only up to the highest live position
+        # eager: attend only up to the highest live position (not when a row's numbers must not depend on others)
+        self.trim_keys = not graphs and step is None and not shapes.fixed
         self.prompt_lengths = [0] * slots  # of the study in each slot (host-side, for the key range)
-        self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int | None], tuple[Any, torch.Tensor]] = {}
 
     # -- prefill ---------------------------------------------------------------------------------------------------
     def prefill(self, slots: list[int], requests: list[Request], limits: list[int]) -> None:
         """Encode the images and prompts of ``requests``, write their keys and values into cache rows ``slots``,
-        pick each one's first token."""
+        pick each one's first token. With fixed shapes, one study per pass (its numbers then depend on it alone)."""
+        if self.shapes.fixed and len(requests) > 1:
+            for s, r, limit in zip(slots, requests, limits):
+                self.prefill([s], [r], [limit])
+            return
         model, lm = self.model, self.model.language_model
         dev = self.device
         if all(isinstance(r.pixels, torch.Tensor) for r in requests):
@@ -274,18 +310,28 @@ class SlotDecoder:
             greedy[torch.tensor(sampled, device=greedy.device)] = draws
         return greedy
 
+    def _top_position(self) -> int:
+        """The highest cache position a live row writes in the next step: prompt length + tokens fed so far."""
+        return max(self.prompt_lengths[s] + row.produced - 1 for s, row in enumerate(self.rows[:self.width])
+                   if row is not None)
+
     def _logits(self) -> torch.Tensor:
+        """Logits of the next step, one row per slot of the current width (and any padding rows after them)."""
         n = self.width
         args = (self.tokens[:n], self.positions[:n], [c[:n] for c in self.cache_k], [c[:n] for c in self.cache_v])
         if not self.graphs_on:
-            if self.trim_keys:  # the position a row writes now: prompt length + tokens fed so far
-                top = max(self.prompt_lengths[s] + row.produced - 1 for s, row in enumerate(self.rows[:n])
-                          if row is not None)
-                return self.step(*args, keys=min(self.capacity, top + 1))
+            if self.trim_keys:
+                return self.step(*args, keys=min(self.capacity, self._top_position() + 1))
             return self.step(*args)
-        if n not in self.graphs:
+        keys = None
+        if self.shapes.key_bucket and not self.shapes.fixed:  # one graph per bucket of the attended range
+            bucket = self.shapes.key_bucket
+            keys = min(self.capacity, -(-(self._top_position() + 1) // bucket) * bucket)
+            keys = None if keys == self.capacity else keys
+        if (n, keys) not in self.graphs:
+            started = time.perf_counter()
             try:
-                self.graphs[n] = self._capture(args)
+                self.graphs[(n, keys)] = self._capture(args, keys)
             except Exception as e:  # e.g. a quantized layer whose kernels cannot be captured
                 if self.graphs_required:
                     raise ModelError(f"generation.cuda_graphs: on, but the decode step cannot be captured as a "
@@ -297,22 +343,24 @@ class SlotDecoder:
                 return self.step(*args)
             self.stats.graphs += 1
             self.stats.graph_sizes.append(n)
-        graph, out = self.graphs[n]
+            self.stats.capture_seconds += time.perf_counter() - started
+        graph, out = self.graphs[(n, keys)]
         graph.replay()
         return out
 
-    def _capture(self, args):
-        """CUDA graph of one step at the current width. The warm-up runs write exactly what the next real step
-        writes (same tokens, same positions), so they change nothing."""
+    def _capture(self, args, keys: int | None):
+        """CUDA graph of one step at the current width over key positions [0, keys). The warm-up runs write
+        exactly what the next real step writes (same tokens, same positions), so they change nothing."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.step(*args)
+                self.step(*args, keys=keys)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.step(*args)
+            out = self.step(*args, keys=keys)
+        torch.cuda.current_stream(self.device).synchronize()  # the warm-up steps count in the capture's time
         return graph, out
 
     def run_steps(self, count: int) -> None:
@@ -322,8 +370,8 @@ class SlotDecoder:
         live = [s for s in range(n) if self.rows[s] is not None]
         gens = [row.generator if row is not None else None for row in self.rows[:n]]
         for _ in range(count):
-            logits = self._logits()
-            new = self.pick(logits, gens)
+            logits = self._logits()  # padding rows (fixed shapes) go through pick too: one shape for its kernels
+            new = self.pick(logits, gens + [None] * (logits.shape[0] - n))[:n]
             self.tokens[:n].copy_(new)
             self.positions[:n].add_(1).clamp_(max=self.capacity - 1)  # idle rows stay inside the cache
             history.append(new)
@@ -365,7 +413,10 @@ class SlotDecoder:
         return max(1, min(self.every, left))
 
     def shrink(self) -> None:
-        """No requests left: move the live rows to the front; run the step over the next power of two of them."""
+        """No requests left: move the live rows to the front; run the step over the next power of two of them.
+        Not with fixed shapes: the step keeps its width to the end."""
+        if self.shapes.fixed:
+            return
         live = [s for s in range(self.width) if self.rows[s] is not None]
         target = _next_pow2(len(live))
         if target > self.width // 2:
@@ -385,13 +436,14 @@ class SlotDecoder:
 def decode_stream(model, requests: Iterable[Request], *, slots: int, max_new_tokens: int, temperature: float = 0.0,
                   top_p: float = 1.0, refill: bool = True, cuda_graphs: str | bool = "auto",
                   eos_check_every: int | None = None, max_prompt_len: int | None = None,
-                  step: Callable | None = None, stats: DecodeStats | None = None,
+                  step: Callable | None = None, stats: DecodeStats | None = None, shapes: Shapes | None = None,
                   ) -> Iterator[list[tuple[Any, GeneratedReport]]]:
     """Decode ``requests`` in ``slots`` slots; yield ``[(key, report), ...]`` as rows finish (completion order).
 
     ``refill`` False: take one group of ``slots`` requests and decode it to its end (static batch, for comparison).
     ``max_prompt_len``: longest prompt in tokens, image included (None: the longest of the first group; a longer
     prompt later is an error). ``step``: wraps the :class:`DecodeStep` module (e.g. ``torch.compile``).
+    ``shapes``: see :class:`Shapes` (default: shapes that follow the work, for speed).
     """
     if slots < 1:
         raise ValueError(f"slots must be >= 1; got {slots}")
@@ -419,11 +471,13 @@ def decode_stream(model, requests: Iterable[Request], *, slots: int, max_new_tok
             break
     if not first:
         return
+    shapes = shapes or Shapes()
     longest = max_prompt_len or max(prompt_len(r) for r in first)
-    capacity = max(1, min(max_pos, longest + max(limit_of(r) for r in first) if not refill
+    capacity = max(1, min(max_pos, longest + max(limit_of(r) for r in first) if not refill and not shapes.fixed
                           else longest + max_new_tokens))
-    dec = SlotDecoder(model, slots=len(first), capacity=capacity, temperature=temperature, top_p=top_p,
-                      graphs=graphs, eos_check_every=every, step=step, stats=stats)
+    dec = SlotDecoder(model, slots=slots if shapes.fixed else len(first), capacity=capacity,
+                      temperature=temperature, top_p=top_p, graphs=graphs, eos_check_every=every, step=step,
+                      stats=stats, shapes=shapes)
     dec.graphs_required = cuda_graphs in ("on", True)
     exhausted = not refill or len(first) < slots
     queue = first

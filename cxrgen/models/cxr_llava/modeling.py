@@ -32,7 +32,7 @@ from torch import nn
 from ..base import GeneratedReport, top_p_filter
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
-from .decoding import Request, attention_dtype, decode_stream, rotate_half
+from .decoding import Request, Shapes, attention_dtype, decode_stream, rotate_half
 from .llama import LlamaForCausalLM, LlamaSizes, rope_tables
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
@@ -136,7 +136,8 @@ class CxrLlava(nn.Module):
     def generate_reports(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *,
                          prompt: PromptIds | Sequence[PromptIds] | None = None, max_new_tokens: int = 512,
                          temperature: float = 0.0, top_p: float = 1.0, seed: int | Sequence[int] | None = None,
-                         cuda_graphs: str = "auto", fixed_shape: bool = True) -> list[GeneratedReport]:
+                         cuda_graphs: str = "auto", fixed_shape: bool = True,
+                         shapes: Shapes | None = None) -> list[GeneratedReport]:
         """Write one report per image, all images in one batch (a static batch: it runs until its last row ends).
 
         ``images``: PIL images, or already preprocessed pixels [B,1,S,S]. ``prompt``: token ids from
@@ -144,7 +145,8 @@ class CxrLlava(nn.Module):
         ``temperature`` 0 is greedy decoding; otherwise sampling with ``top_p``, each image from its own random
         generator seeded by ``seed`` (one seed for all images, or one per image), so that a sampled report does not
         depend on the other images in the batch. Decoding stops at ``</s>`` or after ``max_new_tokens`` tokens.
-        ``fixed_shape`` False: the growing-cache reference decoder (no CUDA graphs).
+        ``fixed_shape`` False: the growing-cache reference decoder (no CUDA graphs). ``shapes``: see
+        :class:`~cxrgen.models.cxr_llava.decoding.Shapes`.
         """
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
             pixels = torch.from_numpy(np.stack([self.preprocess(im) for im in images]))
@@ -168,7 +170,7 @@ class CxrLlava(nn.Module):
             reports: list[GeneratedReport | None] = [None] * batch
             for done in self.stream_reports(requests, slots=batch, max_new_tokens=max_new_tokens,
                                             temperature=temperature, top_p=top_p, refill=False,
-                                            cuda_graphs=cuda_graphs):
+                                            cuda_graphs=cuda_graphs, shapes=shapes):
                 for i, report in done:
                     reports[i] = report
             return reports

@@ -70,6 +70,22 @@ class Transformer(nn.Module):
         return x
 
 
+def _patch_embedding(conv: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
+    """The patch convolution; in float32 on CUDA with TF32 off for it (PyTorch lets cuDNN run float32 convolutions
+    in TF32 by default, 10-bit mantissas), so that float32 means float32 as it does on the CPU."""
+    if not (pixels.is_cuda and pixels.dtype == torch.float32):
+        return conv(pixels)
+    try:
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+    except RuntimeError:  # precision set through torch's newer fp32_precision settings: they are the user's choice
+        return conv(pixels)
+    try:
+        return conv(pixels)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -83,7 +99,7 @@ class VisionTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [batch, 1, H, W] (normalised) -> patch tokens [batch, grid*grid, width]."""
-        x = self.conv1(pixels.to(self.conv1.weight.dtype))
+        x = _patch_embedding(self.conv1, pixels.to(self.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)  # [b, grid*grid, width], row-major patches
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)

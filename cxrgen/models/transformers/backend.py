@@ -360,6 +360,9 @@ class TransformersBackend:
 
     def stream(self, items: Iterable[Item], prompt, generation) -> Iterator[Finished]:
         text = self.render_prompt(prompt)
+        if generation.batch_invariant:
+            raise ModelError("generation.batch_invariant: true is supported by the cxr_llava backend only; "
+                             "transformers' generate gives no such guarantee")
         if generation.cuda_graphs == "on":
             log.warning("generation.cuda_graphs: on has no effect on the transformers backend (it decodes with "
                         "transformers' generate)")
