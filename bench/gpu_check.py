@@ -1,0 +1,690 @@
+#!/usr/bin/env python
+"""The GPU check: correctness and speed of report generation on one CUDA GPU, in one command (bench/gpu_check.sh).
+
+Each section runs in its own process (a crash or an out-of-memory error stays in its section), in this order, each
+with its own time limit and all together within ``--budget`` seconds; a section the budget cannot fit is skipped:
+
+  env           the device and library versions; the two ceilings measured here: device-to-device copy bandwidth
+                and the bf16 matrix-product rate
+  pytest        the tests marked ``cuda`` (tests/test_cuda.py): the published code's tokens in float32 on CUDA
+                (CUDA graphs on/off, continuous/static, fixed shapes, key buckets), fixed shapes making bf16 reports
+                independent of their batch, the transformers backend against transformers' generate on CUDA, 4/8-bit
+                loading of a tiny checkpoint
+  throughput    CXR-LLaVA-v2 at its real size (random weights, bf16): reports/s and tokens/s at batch 1, 32 and 64
+                with report lengths drawn from IU X-ray; static vs continuous batching, CUDA graphs on vs off, fixed
+                shapes, key buckets; prefill tokens/s; peak memory; the decode step against its memory floor over
+                the whole cache capacity and over the live length
+  invariance    the same studies at batch 1, 8 and 32 and stopped-and-resumed at 32, bf16 at real size and fp32 at
+                real widths with 4 layers per tower: how many reports differ, by default, with fixed shapes, and with
+                fixed shapes padded to 64 rows
+  quant         real size, bf16 vs bitsandbytes 8-bit and 4-bit: weight and peak memory, reports/s, token drift,
+                whether the quantized decode step can be captured as a CUDA graph
+  transformers  the transformers backend on Gemma-3 at MedGemma-4B's size (random weights): reports/s at batch 16,
+                bf16 and 4-bit
+
+Writes OUT/<section>.json as each section ends, then OUT/gpu_check.json (everything) and OUT/gpu_check.md (the
+tables that go into bench/RESULTS.md), and prints the tables. ``--cpu-smoke`` runs every section at toy sizes on the
+CPU (what needs CUDA says so and is skipped), so the test suite keeps this script working between GPU sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+#: (name, time limit in seconds on a GPU)
+SECTIONS = [("env", 60), ("pytest", 150), ("throughput", 180), ("invariance", 150), ("quant", 150),
+            ("transformers", 120)]
+TARGET_REPORTS_PER_S = 15.0  # CXR-LLaVA-v2 at batch 32-64 on one H200
+
+
+# -- helpers shared by the sections ------------------------------------------------------------------------------
+
+class Clock:
+    """Wall time of device work: synchronises before reading the host clock."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self):
+        self.sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.sync()
+        self.seconds = time.perf_counter() - self.t0
+
+
+def peak_gb(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def reset_peak(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """First position where two token lists differ (None: identical)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare(runs: dict, reference: dict) -> dict:
+    """How many reports of ``runs`` differ from ``reference`` (key -> token ids), and where they first differ."""
+    firsts = [first_divergence(runs[k], reference[k]) for k in reference]
+    differ = [f for f in firsts if f is not None]
+    return {"differ": len(differ), "of": len(reference),
+            "first_divergence_median": statistics.median(differ) if differ else None}
+
+
+def stream(model, requests, *, stop_after: int | None = None, **kwargs) -> dict:
+    """key -> report of ``model.stream_reports``; ``stop_after``: close the stream after that many reports (a run
+    stopped in the middle: the rows in flight are lost, as in a killed run)."""
+    out, reports = {}, model.stream_reports(requests, **kwargs)
+    for done in reports:
+        out.update(done)
+        if stop_after is not None and len(out) >= stop_after:
+            reports.close()
+            break
+    return out
+
+
+def requests_for(model, n: int, lengths: list[int] | None = None, seed: int = 0):
+    import torch
+
+    from cxrgen.models.cxr_llava.decoding import Request
+
+    size = model.config.vision.image_size
+    pixels = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    prompt = model.prompt_ids()
+    return [Request(i, pixels[i], prompt, max_new_tokens=None if lengths is None else lengths[i]) for i in range(n)]
+
+
+def iu_lengths(folder: Path, n: int, limit: int) -> list[int]:
+    from lengths import DEFAULT_REPORTS, draw, token_counts
+
+    return draw(token_counts(folder / "tokenizer.model", DEFAULT_REPORTS), n, limit)
+
+
+# -- sections ------------------------------------------------------------------------------------------------------
+
+def section_env(args, device) -> dict:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+    for name in ("transformers", "peft", "bitsandbytes", "accelerate", "numpy", "pandas"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception as e:  # missing, or broken on this machine
+            out[name] = f"not available ({type(e).__name__})"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(capability=f"{props.major}.{props.minor}", memory_gb=props.total_memory / 1e9,
+                   multiprocessors=props.multi_processor_count)
+        try:
+            out["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out["driver"] = None
+    nbytes = (64 if args.cpu_smoke else 2048) << 20
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    with Clock(device) as c:
+        for _ in range(20):
+            y.copy_(x)
+    out["copy_gb_per_s"] = 2 * nbytes * 20 / c.seconds / 1e9  # bytes read + written
+    del x, y
+    n = 512 if args.cpu_smoke else 8192
+    dtype = torch.float32 if args.cpu_smoke else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    with Clock(device) as c:
+        for _ in range(10):
+            a @ b
+    out["matmul_tflop_per_s"] = 2 * n ** 3 * 10 / c.seconds / 1e12
+    out["matmul_dtype"] = str(dtype).replace("torch.", "")
+    return out
+
+
+def section_pytest(args, device) -> dict:
+    import xml.etree.ElementTree as ET
+
+    report = Path(args.out) / "pytest.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
+           f"--junitxml={report}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    tests = []
+    if report.exists():
+        for case in ET.parse(report).getroot().iter("testcase"):
+            outcome, message = "passed", ""
+            for tag in ("failure", "error", "skipped"):
+                node = case.find(tag)
+                if node is not None:
+                    outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                    message = (node.get("message") or "").splitlines()[0][:300] if node.get("message") else ""
+            tests.append({"test": case.get("name"), "outcome": outcome, "message": message})
+    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
+    return {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "counts": counts, "tests": tests,
+            "tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
+
+
+def section_throughput(args, device) -> dict:
+    import torch
+
+    from cxrgen.models.cxr_llava.decoding import DecodeStats, Shapes
+    from realsize import build_cxr_llava
+
+    smoke = args.cpu_smoke
+    folder = Path(tempfile.mkdtemp())
+    with Clock(device) as c:
+        model = build_cxr_llava(folder, device, torch.bfloat16, tiny=smoke)
+    out = {"build_s": c.seconds, "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9,
+           "max_new_tokens": 512, "runs": []}
+    on = "on" if device.type == "cuda" else "off"  # CUDA graphs where they exist
+    n1, (n32, b32), (n64, b64) = (6, (12, 4), (16, 8)) if smoke else (12, (64, 32), (128, 64))
+    lengths = iu_lengths(folder, max(n64, n32), 512)
+    out["lengths"] = {"mean": statistics.mean(lengths), "median": statistics.median(lengths), "max": max(lengths)}
+    configs = [(1, n1, "continuous", on, "default"), (b32, n32, "static", on, "default"),
+               (b32, n32, "continuous", "off", "default")]
+    configs += [(b32, n32, "continuous", "on", "default")] if on == "on" else []
+    configs += [(b32, n32, "continuous", on, "fixed"), (b32, n32, "continuous", on, "bucket128"),
+                (b64, n64, "continuous", on, "default"), (b64, n64, "continuous", on, "bucket128")]
+    named = {"default": None, "fixed": Shapes(fixed=True), "bucket128": Shapes(key_bucket=128)}
+    first_tokens: dict = {}
+    for batch, n, batching, graph, shapes in configs:
+        requests = requests_for(model, n, lengths[:n])
+
+        def run(todo, stats):
+            done = {}
+            groups = [todo] if batching == "continuous" else [todo[i:i + batch] for i in range(0, len(todo), batch)]
+            for group in groups:
+                done.update(stream(model, group, slots=batch, max_new_tokens=512, refill=batching == "continuous",
+                                   cuda_graphs=graph, shapes=named[shapes], stats=stats))
+            return done
+
+        run(requests[:batch + 2], DecodeStats())  # warm-up: kernels, allocator
+        reset_peak(device)
+        stats = DecodeStats()
+        with Clock(device) as c:
+            done = run(requests, stats)
+        tokens = sum(r.n_new_tokens for r in done.values())
+        key = (batch, n)
+        ids = {k: r.token_ids for k, r in done.items()}
+        same = None
+        if key in first_tokens:
+            same = sum(ids[k] == first_tokens[key][k] for k in ids)
+        else:
+            first_tokens[key] = ids
+        row = {"batch": batch, "studies": n, "batching": batching, "cuda_graphs": graph, "shapes": shapes,
+               "seconds": c.seconds, "reports_per_s": n / c.seconds, "tokens_per_s": tokens / c.seconds,
+               "decode_steps": stats.steps, "live_rows": stats.live_row_steps / max(stats.row_steps, 1),
+               "graphs_captured": stats.graphs, "capture_s": stats.capture_seconds,
+               "lengths_forced": all(done[i].n_new_tokens == lengths[i] for i in range(n)),
+               "same_tokens_as_first_config": same, "peak_gb": peak_gb(device)}
+        out["runs"].append(row)
+        log(f"throughput {row}")
+    out["prefill"] = prefill_rates(model, device, [1, 8] if smoke else [1, 8, 32])
+    out["step"] = step_times(model, device, [1, 4] if smoke else [1, 32, 64], args)
+    return out
+
+
+def prefill_rates(model, device, passes: list[int]) -> list[dict]:
+    """Image encoding + prompt prefill: ``p`` studies per pass (slots = p, a one-token limit, so a study is done
+    after its prefill)."""
+    rows = []
+    for p in passes:
+        n = max(passes) * 2
+        requests = requests_for(model, n)
+        stream(model, requests[:p], slots=p, max_new_tokens=1, cuda_graphs="off")  # warm-up
+        with Clock(device) as c:
+            stream(model, requests, slots=p, max_new_tokens=1, refill=True, cuda_graphs="off")
+        prompt = len(requests[0].prompt.before) + model.config.vision.num_patches + len(requests[0].prompt.after)
+        rows.append({"studies_per_pass": p, "studies": n, "prompt_tokens": prompt, "seconds": c.seconds,
+                     "ms_per_study": 1000 * c.seconds / n, "tokens_per_s": n * prompt / c.seconds})
+        log(f"prefill {rows[-1]}")
+    return rows
+
+
+def step_times(model, device, widths: list[int], args) -> list[dict]:
+    """One decode step (as a CUDA graph on a GPU, eager on the CPU) over the whole cache capacity and over the live
+    length only, against its memory floor: the language model's weights (the embedding table aside: a step reads
+    only its rows) plus the keys and values it attends over, at the copy bandwidth measured by ``env``."""
+    import torch
+
+    from cxrgen.models.cxr_llava.decoding import DecodeStep, attention_dtype
+
+    lm = model.language_model
+    prompt = len(model.prompt_ids().before) + model.config.vision.num_patches + len(model.prompt_ids().after)
+    capacity = prompt + 512
+    live = prompt + 75  # a report in the middle of an IU X-ray-length report
+    step = DecodeStep(model, capacity)
+    n_layers, n_kv, hd = len(lm.model.layers), step.n_kv, step.head_dim
+    adt = attention_dtype(model.dtype, device)
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    env = Path(args.out) / "env.json"
+    bandwidth = json.loads(env.read_text()).get("copy_gb_per_s") if env.exists() else None
+    rows = []
+    for width in widths:
+        caches_k = [torch.randn(width, n_kv, capacity, hd, device=device, dtype=adt) for _ in range(n_layers)]
+        caches_v = [torch.randn_like(k) for k in caches_k]
+        tokens = torch.randint(0, model.config.vocab_size, (width,), device=device)
+        positions = torch.full((width,), live - 1, dtype=torch.long, device=device)
+        row = {"width": width, "capacity": capacity, "live_length": live}
+        for name, keys in (("full", None), ("live", live)):
+            def once():
+                return step(tokens, positions, caches_k, caches_v, keys=keys)
+
+            run = once
+            if device.type == "cuda":
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    once(), once()
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    once()
+                run = graph.replay
+            for _ in range(3):
+                run()
+            repeats = 5 if args.cpu_smoke else 50
+            with Clock(device) as c:
+                for _ in range(repeats):
+                    run()
+            ms = 1000 * c.seconds / repeats
+            attended = capacity if keys is None else keys
+            kv_bytes = width * attended * n_layers * 2 * n_kv * hd * torch.finfo(adt).bits // 8
+            floor = 1000 * (weight_bytes + kv_bytes) / (bandwidth * 1e9) if bandwidth else None
+            row[name] = {"ms": ms, "kv_gb": kv_bytes / 1e9, "floor_ms": floor,
+                         "floor_share": floor / ms if floor else None}
+        row["weights_gb"] = weight_bytes / 1e9
+        row["attention_beyond_live_share"] = (row["full"]["ms"] - row["live"]["ms"]) / row["full"]["ms"]
+        rows.append(row)
+        log(f"step {row}")
+        del caches_k, caches_v
+    return rows
+
+
+def section_invariance(args, device) -> dict:
+    import torch
+
+    from cxrgen.models.cxr_llava.decoding import Shapes
+    from realsize import build_cxr_llava
+
+    smoke = args.cpu_smoke
+    n, limit = (12, 16) if smoke else (64, 32)
+    batches = [1, 2, 4] if smoke else [1, 8, 32]
+    big, stop = batches[-1], (5 if smoke else 20)
+    graphs = "on" if device.type == "cuda" else "off"
+    variants = {"default": None, "fixed": Shapes(fixed=True), "fixed_pad64": Shapes(fixed=True, pad_to=64)}
+    out = {"studies": n, "max_new_tokens": limit, "batches": batches, "stopped_after": stop, "dtypes": {}}
+    for dtype, layers in ((torch.bfloat16, None), (torch.float32, 4)):
+        name = str(dtype).replace("torch.", "")
+        layers = None if smoke else layers
+        model = build_cxr_llava(Path(tempfile.mkdtemp()), device, dtype, tiny=smoke, layers=layers)
+        requests = requests_for(model, n)
+        result = {"layers": layers or "all", "variants": {}}
+        tokens: dict = {}
+        for variant, shapes in variants.items():
+            runs, seconds = {}, {}
+            for batch in batches:
+                if variant == "fixed" and batch == 1:
+                    runs[1] = tokens[("default", 1)]  # one slot: the same computation as the default's
+                    continue
+                with Clock(device) as c:
+                    done = stream(model, requests, slots=batch, max_new_tokens=limit, cuda_graphs=graphs,
+                                  shapes=shapes)
+                runs[batch], seconds[batch] = {k: r.token_ids for k, r in done.items()}, c.seconds
+                tokens[(variant, batch)] = runs[batch]
+            with Clock(device) as c:
+                first = stream(model, requests, slots=big, max_new_tokens=limit, cuda_graphs=graphs, shapes=shapes,
+                               stop_after=stop)
+                rest = stream(model, [r for r in requests if r.key not in first], slots=big, max_new_tokens=limit,
+                              cuda_graphs=graphs, shapes=shapes)
+            resumed = {k: r.token_ids for k, r in {**first, **rest}.items()}
+            result["variants"][variant] = {
+                **{f"batch_{b}_vs_batch_1": compare(runs[b], runs[1]) for b in batches[1:]},
+                f"resumed_vs_batch_{big}": compare(resumed, runs[big]),
+                "vs_default_batch_1": {b: compare(runs[b], tokens[("default", 1)]) for b in batches},
+                "seconds": seconds, "resume_seconds": c.seconds}
+            log(f"invariance {name} {variant} {result['variants'][variant]}")
+        out["dtypes"][name] = result
+        del model
+        reset_peak(device)
+    return out
+
+
+def section_quant(args, device) -> dict:
+    import torch
+
+    from cxrgen.models import ModelError
+    from cxrgen.models.quantization import quantize_linear_layers
+    from realsize import build_cxr_llava
+
+    if device.type != "cuda":
+        return {"skipped": "bitsandbytes 4/8-bit needs a CUDA GPU"}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        return {"skipped": f"bitsandbytes is not installed ({e})"}
+    n, batch, limit = 16, 8, 48
+    out = {"studies": n, "batch": batch, "max_new_tokens": limit, "modes": {}}
+    reference = None
+    for mode in ("bf16", "8bit", "4bit"):
+        reset_peak(device)
+        with Clock(device) as c:
+            model = build_cxr_llava(Path(tempfile.mkdtemp()), device, torch.bfloat16)
+            if mode != "bf16":
+                quantize_linear_layers(model.language_model, mode, skip=("lm_head",), device=device)
+        torch.cuda.empty_cache()
+        weights = torch.cuda.memory_allocated(device) / 1e9
+        requests = requests_for(model, n)
+        stream(model, requests[:batch], slots=batch, max_new_tokens=4, cuda_graphs="off")  # warm-up
+        reset_peak(device)
+        with Clock(device) as t:
+            done = stream(model, requests, slots=batch, max_new_tokens=limit, cuda_graphs="off")
+        ids = {k: r.token_ids for k, r in done.items()}
+        row = {"build_s": c.seconds, "weights_gb": weights, "peak_gb": peak_gb(device), "seconds": t.seconds,
+               "reports_per_s": n / t.seconds, "tokens_per_s": sum(map(len, ids.values())) / t.seconds}
+        if reference is None:
+            reference = ids
+        else:
+            row["vs_bf16"] = compare(ids, reference)
+            row["token_agreement"] = statistics.mean(
+                sum(a == b for a, b in zip(ids[k], reference[k])) / max(len(reference[k]), 1) for k in reference)
+        if mode == "4bit":  # last, as a failed capture can leave the device unusable for this process
+            try:  # can the 4-bit step be captured, and does the graph write the eager tokens?
+                graphed = stream(model, requests[:batch], slots=batch, max_new_tokens=16, cuda_graphs="on")
+                eager = stream(model, requests[:batch], slots=batch, max_new_tokens=16, cuda_graphs="off")
+                row["cuda_graph"] = {"captured": True, "of": len(eager),
+                                     "same_tokens": sum(graphed[k].token_ids == eager[k].token_ids for k in eager)}
+            except ModelError as e:
+                row["cuda_graph"] = {"captured": False, "why": str(e)[:300]}
+        elif mode == "8bit":
+            row["cuda_graph"] = {"captured": False, "why": "not tried: LLM.int8 finds outliers on the host"}
+        out["modes"][mode] = row
+        log(f"quant {mode} {row}")
+        del model
+    return out
+
+
+def section_transformers(args, device) -> dict:
+    import torch
+
+    from cxrgen.config import GenerationConfig, PromptConfig
+    from cxrgen.models import Item
+    from cxrgen.models.transformers import TransformersBackend
+    from realsize import build_medgemma
+
+    smoke = args.cpu_smoke
+    n, batch, limit = (6, 3, 8) if smoke else (32, 16, 64)
+    modes = ["bf16", "4bit"] if device.type == "cuda" else ["bf16"]
+    out = {"studies": n, "batch": batch, "max_new_tokens": limit, "modes": {}}
+    for mode in modes:
+        folder = Path(tempfile.mkdtemp())
+        reset_peak(device)
+        with Clock(device) as c:
+            model, processor = build_medgemma(folder, device, torch.bfloat16, tiny=smoke)
+            if mode == "4bit":
+                from cxrgen.models.quantization import quantize_linear_layers
+
+                quantize_linear_layers(model.model.language_model, "4bit", skip=(), device=device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        backend = TransformersBackend(model, processor, source="random weights", folder=folder, revision=None,
+                                      eos_token_ids=model.generation_config.eos_token_id)
+        prepare = backend.image_preparer()
+        from PIL import Image
+
+        rng = torch.Generator().manual_seed(0)
+        images = [Image.fromarray(torch.randint(0, 256, (512, 512), generator=rng, dtype=torch.uint8).numpy())
+                  for _ in range(n)]
+        items = [Item(i, prepare(im), 0) for i, im in enumerate(images)]
+        prompt = PromptConfig(system="You are an expert radiologist.", user="Describe this X-ray")
+        generation = GenerationConfig(batch_size=batch, max_new_tokens=limit)
+        list(backend.stream(items[:batch], prompt, GenerationConfig(batch_size=batch, max_new_tokens=4)))
+        reset_peak(device)
+        with Clock(device) as t:
+            done = [r for finished in backend.stream(items, prompt, generation) for _, r in finished]
+        tokens = sum(r.n_new_tokens for r in done)
+        row = {"build_s": c.seconds, "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9,
+               "seconds": t.seconds, "reports_per_s": n / t.seconds, "tokens_per_s": tokens / t.seconds,
+               "mean_tokens": tokens / n, "peak_gb": peak_gb(device)}
+        out["modes"][mode] = row
+        log(f"transformers {mode} {row}")
+        del model, backend
+    if device.type != "cuda":
+        out["modes"]["4bit"] = {"skipped": "bitsandbytes 4-bit needs a CUDA GPU"}
+    return out
+
+
+# -- the tables ------------------------------------------------------------------------------------------------------
+
+def fmt(value, digits=2):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    env = results.get("env", {})
+    if "error" not in env and env:
+        lines += [f"Device: {env.get('device')} (capability {env.get('capability', '-')}, "
+                  f"{fmt(env.get('memory_gb'), 0)} GB, driver {env.get('driver', '-')}); Python {env.get('python')}, "
+                  f"torch {env.get('torch')} (CUDA {env.get('cuda')}), transformers {env.get('transformers')}, "
+                  f"bitsandbytes {env.get('bitsandbytes')}. Measured ceilings: copy {fmt(env.get('copy_gb_per_s'), 0)}"
+                  f" GB/s (read + write), {env.get('matmul_dtype')} matrix product "
+                  f"{fmt(env.get('matmul_tflop_per_s'), 0)} TFLOP/s.", ""]
+    for name, _ in SECTIONS:
+        data = results.get(name)
+        if data is None:
+            continue
+        if "error" in data or "skipped" in data:
+            lines += [f"**{name}**: {data.get('error') or data.get('skipped')}", ""]
+            continue
+        if name == "pytest":
+            counts = data["counts"]
+            lines += [f"**Tests marked cuda** (`{data['command']}`): {counts['passed']} passed, {counts['failed']} "
+                      f"failed, {counts['error']} errors, {counts['skipped']} skipped.", ""]
+            lines += [f"- {t['test']}: {t['outcome']} {t['message']}" for t in data["tests"]
+                      if t["outcome"] != "passed"]
+            lines.append("")
+        elif name == "throughput":
+            lines += ["**CXR-LLaVA-v2 at real size, bf16** (random weights, IU X-ray report lengths: mean "
+                      f"{fmt(data['lengths']['mean'], 0)}, median {data['lengths']['median']}, max "
+                      f"{data['lengths']['max']} tokens; limit 512). Target: >= {TARGET_REPORTS_PER_S:.0f} reports/s "
+                      "at batch 32-64.", "",
+                      "| batch | studies | batching | CUDA graphs | shapes | seconds | reports/s | tokens/s | decode "
+                      "steps | live rows | graphs (capture s) | peak GB | same tokens as first row of its size |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in data["runs"]:
+                lines.append(f"| {r['batch']} | {r['studies']} | {r['batching']} | {r['cuda_graphs']} | "
+                             f"{r['shapes']} | {fmt(r['seconds'])} | {fmt(r['reports_per_s'])} | "
+                             f"{fmt(r['tokens_per_s'], 0)} | {r['decode_steps']} | {100 * r['live_rows']:.0f}% | "
+                             f"{r['graphs_captured']} ({fmt(r['capture_s'])}) | {fmt(r['peak_gb'], 1)} | "
+                             f"{fmt(r['same_tokens_as_first_config'])} |")
+            lines += ["", "| prefill: studies per pass | prompt tokens | ms per study | prefill tokens/s |",
+                      "|---|---|---|---|"]
+            lines += [f"| {p['studies_per_pass']} | {p['prompt_tokens']} | {fmt(p['ms_per_study'], 1)} | "
+                      f"{fmt(p['tokens_per_s'], 0)} |" for p in data["prefill"]]
+            lines += ["", "| decode step: width | attended positions | ms | memory floor ms | floor / ms | "
+                      "weights GB | keys+values GB | share of the step beyond the live length |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for s in data["step"]:
+                for kind in ("full", "live"):
+                    r = s[kind]
+                    lines.append(f"| {s['width']} | {s['capacity'] if kind == 'full' else s['live_length']} ({kind}) | "
+                                 f"{fmt(r['ms'])} | {fmt(r['floor_ms'])} | {fmt(r['floor_share'])} | "
+                                 f"{fmt(s['weights_gb'], 1)} | {fmt(r['kv_gb'], 1)} | "
+                                 f"{fmt(s['attention_beyond_live_share']) if kind == 'full' else ''} |")
+            lines.append("")
+        elif name == "invariance":
+            lines += [f"**Batch invariance**: {data['studies']} studies, {data['max_new_tokens']} new tokens (every "
+                      f"report runs to the limit), reports that differ in any token; resumed = stopped after "
+                      f"{data['stopped_after']} reports at batch {data['batches'][-1]} and rerun on the rest.", "",
+                      "| dtype | layers | shapes | " + " | ".join(f"batch {b} vs 1" for b in data["batches"][1:])
+                      + f" | resumed vs batch {data['batches'][-1]} | seconds at batch 1 / "
+                      f"{data['batches'][-1]} |", "|---|---|---|" + "---|" * (len(data["batches"]) + 1)]
+            for dtype, d in data["dtypes"].items():
+                for variant, v in d["variants"].items():
+                    cells = [f"{v[f'batch_{b}_vs_batch_1']['differ']}/{v[f'batch_{b}_vs_batch_1']['of']}"
+                             for b in data["batches"][1:]]
+                    res = v[f"resumed_vs_batch_{data['batches'][-1]}"]
+                    secs = {int(b): t for b, t in v["seconds"].items()}
+                    lines.append(f"| {dtype} | {d['layers']} | {variant} | " + " | ".join(cells) +
+                                 f" | {res['differ']}/{res['of']} | {fmt(secs.get(1))} / "
+                                 f"{fmt(secs.get(data['batches'][-1]))} |")
+            lines.append("")
+        elif name == "quant":
+            lines += [f"**Quantization at real size**: batch {data['batch']}, {data['studies']} studies, "
+                      f"{data['max_new_tokens']} tokens, CUDA graphs off.", "",
+                      "| mode | weights GB | peak GB | reports/s | tokens/s | reports equal to bf16 | token agreement "
+                      "| CUDA graph |", "|---|---|---|---|---|---|---|---|"]
+            for mode, r in data["modes"].items():
+                vs = r.get("vs_bf16")
+                graph = r.get("cuda_graph")
+                g = ("-" if graph is None else f"captured, {graph['same_tokens']}/{graph['of']} same as eager"
+                     if graph["captured"] else graph["why"][:80])
+                lines.append(f"| {mode} | {fmt(r['weights_gb'], 1)} | {fmt(r['peak_gb'], 1)} | "
+                             f"{fmt(r['reports_per_s'])} | {fmt(r['tokens_per_s'], 0)} | "
+                             f"{(str(vs['of'] - vs['differ']) + '/' + str(vs['of'])) if vs else '-'} | "
+                             f"{fmt(r.get('token_agreement'), 3)} | {g} |")
+            lines.append("")
+        elif name == "transformers":
+            lines += [f"**transformers backend, Gemma-3 at MedGemma-4B's size**: batch {data['batch']}, "
+                      f"{data['studies']} studies, up to {data['max_new_tokens']} new tokens.", "",
+                      "| mode | parameters (B) | reports/s | tokens/s | mean tokens | peak GB |", "|---|---|---|---|---|---|"]
+            for mode, r in data["modes"].items():
+                if "skipped" in r:
+                    lines.append(f"| {mode} | {r['skipped']} | | | | |")
+                    continue
+                lines.append(f"| {mode} | {fmt(r['parameters_b'])} | {fmt(r['reports_per_s'])} | "
+                             f"{fmt(r['tokens_per_s'], 0)} | {fmt(r['mean_tokens'], 0)} | {fmt(r['peak_gb'], 1)} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+# -- orchestration ---------------------------------------------------------------------------------------------------
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_section(name: str, args) -> int:
+    """Child process: one section; its result (or its error) in OUT/<name>.json."""
+    out = Path(args.out) / f"{name}.json"
+    t0 = time.time()
+    try:
+        import torch
+
+        device = torch.device("cpu" if args.cpu_smoke else "cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"no CUDA device visible to torch {torch.__version__}")
+        torch.set_grad_enabled(False)
+        if args.cpu_smoke:
+            from cxrgen.threads import configure_threads
+
+            configure_threads(device)
+        result = globals()[f"section_{name}"](args, device)
+    except Exception as e:  # noqa: BLE001 - the section's error is its result
+        result = {"error": f"{type(e).__name__}: {str(e)[:500]}", "traceback": traceback.format_exc()[-3000:]}
+    result["section_seconds"] = time.time() - t0
+    out.write_text(json.dumps(result, indent=2, default=str))
+    return 0 if "error" not in result else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for the JSON and markdown results")
+    p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (the test suite runs this)")
+    p.add_argument("--budget", type=float, default=450, help="seconds for all sections together (default 450)")
+    p.add_argument("--sections", default=",".join(n for n, _ in SECTIONS), help="comma-separated subset")
+    p.add_argument("--section", help=argparse.SUPPRESS)  # internal: run one section in this process
+    args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.section:
+        return run_section(args.section, args)
+    start = time.time()
+    wanted = args.sections.split(",")
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_smoke": args.cpu_smoke,
+                     "commit": _commit()}
+    failed = False
+    for name, limit in SECTIONS:
+        if name not in wanted:
+            continue
+        left = args.budget - (time.time() - start)
+        if left < 20:
+            results[name] = {"skipped": f"the {args.budget:.0f} s budget was spent before it"}
+            continue
+        timeout = min(limit * (3 if args.cpu_smoke else 1), left)
+        log(f"== {name} (up to {timeout:.0f} s)")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--out", args.out, "--section", name]
+        if args.cpu_smoke:
+            cmd.append("--cpu-smoke")
+        try:
+            subprocess.run(cmd, cwd=ROOT, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            result = json.loads((Path(args.out) / f"{name}.json").read_text())
+        except subprocess.TimeoutExpired:
+            result = {"error": f"stopped at its {timeout:.0f} s limit"}
+        except (OSError, ValueError) as e:
+            result = {"error": f"no result ({type(e).__name__}: {e})"}
+        failed |= "error" in result or (name == "pytest" and result.get("exit_code") not in (0, 5))
+        results[name] = result
+        log(f"== {name}: {'error: ' + result['error'] if 'error' in result else 'done'} "
+            f"in {result.get('section_seconds', time.time() - start):.0f} s")
+        Path(args.out, "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
+    results["seconds"] = time.time() - start
+    Path(args.out, "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
+    table = markdown(results)
+    Path(args.out, "gpu_check.md").write_text(table + "\n")
+    print(table)
+    print(f"gpu check: {'some sections failed' if failed else 'every section ran'} in {results['seconds']:.0f} s; "
+          f"results in {args.out}/gpu_check.json and gpu_check.md")
+    return 1 if failed else 0
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
