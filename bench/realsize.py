@@ -4,7 +4,7 @@
   (7.05 B parameters), with the tiny tokenizer of ``cxrgen.models.cxr_llava.tiny`` (1,000 pieces; only the token
   ids the model writes change, not its shapes). ``layers`` keeps every width and cuts the depth of both towers
   (the same matrix shapes, fewer of them). The output row of ``</s>`` is zeroed, so a report ends at its token
-  limit, never earlier.
+  limit, never earlier, and so are the rows of the 31,000 ids the tiny tokenizer lacks.
 * Gemma-3 at MedGemma-4B's sizes (SigLIP 400M on 896x896, 256 image tokens, a 34-layer Gemma-3 text model with
   a 262,208-token vocabulary) with the tiny Gemma-3 processor's tokenizer.
 
@@ -54,6 +54,9 @@ def build_cxr_llava(folder: Path, device: torch.device, dtype: torch.dtype, *, t
                 p.normal_(0, 0.02, generator=generator)
             p.requires_grad_(False)
         model.language_model.lm_head.weight[tokenizer.eos_id] = 0
+        # the real vocabulary's output rows beyond the tiny tokenizer's pieces: logit 0, never the largest of ~1,000
+        # random logits, so every token written can be decoded (the output layer keeps its real size and cost)
+        model.language_model.lm_head.weight[tokenizer.vocab_size:] = 0
     model = model.to(dtype)
     model._materialise_buffers(device)
     return model.eval()
