@@ -7,16 +7,18 @@ with its own time limit and all together within ``--budget`` seconds; a section 
   env           the device and library versions; the two ceilings measured here: device-to-device copy bandwidth
                 and the bf16 matrix-product rate
   pytest        the tests marked ``cuda`` (tests/test_cuda.py): the published code's tokens in float32 on CUDA
-                (CUDA graphs on/off, continuous/static, fixed shapes, key buckets), fixed shapes making bf16 reports
-                independent of their batch, the transformers backend against transformers' generate on CUDA, 4/8-bit
-                loading of a tiny checkpoint
+                (CUDA graphs on/off, continuous/static, fixed shapes), fixed shapes making bf16 reports of a tiny
+                checkpoint independent of their batch, a bf16 run killed and resumed through generate_cxr.py, the
+                transformers backend against transformers' generate on CUDA, 4/8-bit loading of a tiny checkpoint
   throughput    CXR-LLaVA-v2 at its real size (random weights, bf16): reports/s and tokens/s at batch 1, 32 and 64
                 with report lengths drawn from IU X-ray; static vs continuous batching, CUDA graphs on vs off, fixed
-                shapes, key buckets; prefill tokens/s; peak memory; the decode step against its memory floor over
-                the whole cache capacity and over the live length
+                shapes; prefill tokens/s; peak memory; the decode step against its memory floor over the whole cache
+                capacity and over the live length
   invariance    the same studies at batch 1, 8 and 32 and stopped-and-resumed at 32, bf16 at real size and fp32 at
-                real widths with 4 layers per tower: how many reports differ, by default, with fixed shapes, and with
-                fixed shapes padded to 64 rows
+                real widths with 4 layers per tower: how many reports differ, by default and with fixed shapes
+  kernels       where the differences come from: each kernel of the decode step at its real shapes, bit for bit
+                (twice, other rows, another row, batch 1, stale masked cache values; each attention backend), then
+                fixed-shape runs end to end (twice, resumed, batch 1, stale cache, graphs off) and a default run twice
   quant         real size, bf16 vs bitsandbytes 8-bit and 4-bit: weight and peak memory, reports/s, token drift,
                 whether the quantized decode step can be captured as a CUDA graph
   transformers  the transformers backend on Gemma-3 at MedGemma-4B's size (random weights): reports/s at batch 16,
@@ -45,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 #: (name, time limit in seconds on a GPU)
-SECTIONS = [("env", 60), ("pytest", 150), ("throughput", 180), ("invariance", 150), ("quant", 150),
-            ("transformers", 120)]
+SECTIONS = [("env", 60), ("pytest", 150), ("throughput", 180), ("invariance", 150), ("kernels", 90),
+            ("quant", 150), ("transformers", 120)]
 TARGET_REPORTS_PER_S = 15.0  # CXR-LLaVA-v2 at batch 32-64 on one H200
 
 
@@ -219,9 +221,9 @@ def section_throughput(args, device) -> dict:
     configs = [(1, n1, "continuous", on, "default"), (b32, n32, "static", on, "default"),
                (b32, n32, "continuous", "off", "default")]
     configs += [(b32, n32, "continuous", "on", "default")] if on == "on" else []
-    configs += [(b32, n32, "continuous", on, "fixed"), (b32, n32, "continuous", on, "bucket128"),
-                (b64, n64, "continuous", on, "default"), (b64, n64, "continuous", on, "bucket128")]
-    named = {"default": None, "fixed": Shapes(fixed=True), "bucket128": Shapes(key_bucket=128)}
+    configs += [(b32, n32, "continuous", on, "fixed"), (b64, n64, "continuous", on, "default"),
+                (b64, n64, "continuous", on, "fixed")]
+    named = {"default": None, "fixed": Shapes(fixed=True)}
     first_tokens: dict = {}
     for batch, n, batching, graph, shapes in configs:
         requests = requests_for(model, n, lengths[:n])
@@ -348,7 +350,7 @@ def section_invariance(args, device) -> dict:
     batches = [1, 2, 4] if smoke else [1, 8, 32]
     big, stop = batches[-1], (5 if smoke else 20)
     graphs = "on" if device.type == "cuda" else "off"
-    variants = {"default": None, "fixed": Shapes(fixed=True), "fixed_pad64": Shapes(fixed=True, pad_to=64)}
+    variants = {"default": None, "fixed": Shapes(fixed=True)}
     out = {"studies": n, "max_new_tokens": limit, "batches": batches, "stopped_after": stop, "dtypes": {}}
     for dtype, layers in ((torch.bfloat16, None), (torch.float32, 4)):
         name = str(dtype).replace("torch.", "")
@@ -383,6 +385,129 @@ def section_invariance(args, device) -> dict:
         out["dtypes"][name] = result
         del model
         reset_peak(device)
+    return out
+
+
+def section_kernels(args, device) -> dict:
+    """Where a study's numbers pick up the batch, kernel by kernel at the decode step's real shapes: for a
+    matrix product, the attention over the cache and the RMS norm, is row 0's output bit for bit the same when
+    computed twice (determinism), when the other rows hold other data, when it sits in another row, at batch 1
+    instead of 32, and (attention) when its masked cache positions hold other values? Then the same questions end
+    to end: a fixed-shape run twice, with stale values in its cache, and with CUDA graphs off."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from cxrgen.models.cxr_llava import decoding
+    from cxrgen.models.cxr_llava.decoding import Shapes
+    from cxrgen.models.cxr_llava.llama import RMSNorm
+    from realsize import build_cxr_llava
+
+    smoke = args.cpu_smoke
+    b, hidden, heads, hd, capacity = (4, 64, 4, 16, 200) if smoke else (32, 4096, 32, 128, 1667)
+    gen = torch.Generator(device=device).manual_seed(0)
+    out: dict = {"gemm": {}, "attention": {}, "norm": {}}
+
+    def checks(f, x, rest):
+        """f(x) with x [b, ...]: row 0 alone, twice, with other rows, moved to row b-1, at batch 1."""
+        y = f(x)
+        other = torch.cat([x[:1], rest(x[1:])])
+        moved = torch.cat([rest(x[1:]), x[:1]])
+        return {"twice": torch.equal(f(x)[0], y[0]), "other_rows": torch.equal(f(other)[0], y[0]),
+                "moved": torch.equal(f(moved)[-1], y[0]), "batch_1": torch.equal(f(x[:1])[0], y[0])}
+
+    def randn(*shape, dtype):
+        return torch.randn(*shape, device=device, generator=gen, dtype=torch.float32).to(dtype)
+
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).replace("torch.", "")
+        for label, n_out in (("q_proj", hidden), ("up_proj", hidden * 11008 // 4096), ("lm_head", 8 * hidden)):
+            w = randn(n_out, hidden, dtype=dtype)
+            x = randn(b, hidden, dtype=dtype)
+            out["gemm"][f"{name} {label} [{b}x{hidden}]x[{hidden}x{n_out}]"] = checks(
+                lambda t: F.linear(t, w), x, lambda t: randn(*t.shape, dtype=dtype))
+            if dtype == torch.bfloat16 and device.type == "cuda":
+                flag = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+                torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+                out["gemm"][f"{name} {label}, no reduced-precision reduction"] = checks(
+                    lambda t: F.linear(t, w), x, lambda t: randn(*t.shape, dtype=dtype))
+                torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = flag
+        norm = RMSNorm(hidden, 1e-5).to(device, dtype)
+        out["norm"][name] = checks(norm, randn(b, 1, hidden, dtype=dtype), lambda t: randn(*t.shape, dtype=dtype))
+        q = randn(b, heads, 1, hd, dtype=dtype)
+        k, v = randn(b, heads, capacity, hd, dtype=dtype), randn(b, heads, capacity, hd, dtype=dtype)
+        positions = capacity * 2 // 3 + torch.randint(0, 32, (b,), device=device, generator=gen)
+        mask = torch.zeros(b, 1, 1, capacity, dtype=dtype, device=device)
+        mask.masked_fill_(torch.arange(capacity, device=device)[None, None, None] > positions[:, None, None, None],
+                          float("-inf"))
+        qkv = torch.cat([q.flatten(1), k.flatten(1), v.flatten(1), mask.flatten(1)], 1)
+        sizes = [q[0].numel(), k[0].numel(), v[0].numel(), mask[0].numel()]
+
+        def attend(packed, backend=None):
+            a, kk, vv, m = (t.contiguous() for t in torch.split(packed, sizes, 1))
+            n = packed.shape[0]
+            args_ = (a.view(n, heads, 1, hd), kk.view(n, heads, capacity, hd), vv.view(n, heads, capacity, hd))
+            if backend is None:
+                return F.scaled_dot_product_attention(*args_, attn_mask=m.view(n, 1, 1, capacity))
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(*args_, attn_mask=m.view(n, 1, 1, capacity))
+
+        backends = {"default": None, "math": SDPBackend.MATH}
+        if device.type == "cuda":
+            backends.update(efficient=SDPBackend.EFFICIENT_ATTENTION, cudnn=SDPBackend.CUDNN_ATTENTION)
+        reference = attend(qkv)
+        for label, backend in backends.items():
+            try:
+                result = checks(lambda t: attend(t, backend), qkv,
+                                lambda t: torch.cat([randn(t.shape[0], sum(sizes[:3]), dtype=dtype),
+                                                     t[:, sum(sizes[:3]):]], 1))
+                stale = qkv.clone()
+                kk = stale[:, sizes[0]:sizes[0] + sizes[1]].view(b, heads, capacity, hd)
+                kk[0, :, int(positions[0]) + 1:] = randn(heads, capacity - int(positions[0]) - 1, hd, dtype=dtype)
+                result["stale_masked_keys"] = torch.equal(attend(stale, backend)[0], attend(qkv, backend)[0])
+                result["equals_default"] = torch.equal(attend(qkv, backend), reference)
+            except RuntimeError as e:
+                result = {"unavailable": str(e).splitlines()[0][:200]}
+            out["attention"][f"{name} {label}"] = result
+        log(f"kernels {name}: {json.dumps(out)}")
+
+    # end to end: a fixed-shape run at 32 slots, twice; with random values in the cache before it starts; eager
+    layers = None if smoke else 8
+    model = build_cxr_llava(Path(tempfile.mkdtemp()), device, torch.bfloat16, tiny=smoke, layers=layers)
+    n, slots, limit = (12, 4, 16) if smoke else (64, 32, 32)
+    requests = requests_for(model, n)
+    graphs = "on" if device.type == "cuda" else "off"
+    fixed = Shapes(fixed=True)
+
+    def run(todo=requests, **kwargs):
+        return {k: r.token_ids for k, r in stream(model, todo, slots=slots, max_new_tokens=limit,
+                                                  shapes=fixed, **{"cuda_graphs": graphs, **kwargs}).items()}
+
+    first = run()
+    e2e = {"layers": layers or "all", "twice": compare(run(), first)}
+    part = run(stop_after=slots // 2)
+    e2e["resumed"] = compare({**part, **run([r for r in requests if r.key not in part])}, first)
+    e2e["batch_1"] = compare({k: r.token_ids for k, r in stream(model, requests, slots=1, max_new_tokens=limit,
+                                                                shapes=fixed, cuda_graphs=graphs).items()}, first)
+    default = {k: r.token_ids for k, r in stream(model, requests, slots=slots, max_new_tokens=limit,
+                                                 cuda_graphs=graphs).items()}
+    e2e["default_shapes_twice"] = compare({k: r.token_ids for k, r in stream(
+        model, requests, slots=slots, max_new_tokens=limit, cuda_graphs=graphs).items()}, default)
+    original = decoding.SlotDecoder.__init__
+
+    def noisy(self, *a, **kw):
+        original(self, *a, **kw)
+        for cache in self.cache_k + self.cache_v:
+            cache.normal_(generator=gen)
+
+    decoding.SlotDecoder.__init__ = noisy
+    try:
+        e2e["stale_cache"] = compare(run(), first)
+    finally:
+        decoding.SlotDecoder.__init__ = original
+    e2e["graphs_off"] = compare(run(cuda_graphs="off"), first)
+    out["end_to_end_fixed_bf16"] = e2e
+    log(f"kernels end to end: {e2e}")
     return out
 
 
@@ -570,6 +695,22 @@ def markdown(results: dict) -> str:
                                  f" | {res['differ']}/{res['of']} | {fmt(secs.get(1))} / "
                                  f"{fmt(secs.get(data['batches'][-1]))} |")
             lines.append("")
+        elif name == "kernels":
+            checks = ("twice", "other_rows", "moved", "batch_1", "stale_masked_keys", "equals_default")
+            lines += ["**Kernels at the decode step's shapes** (batch 32): is row 0's output bit for bit the same "
+                      "computed twice, with other data in the other rows, moved to the last row, at batch 1, with "
+                      "other values at its masked cache positions (attention), and as PyTorch's default choice of "
+                      "kernel?", "",
+                      "| op | " + " | ".join(checks) + " |", "|---|" + "---|" * len(checks)]
+            for group in ("gemm", "norm", "attention"):
+                for op, r in data[group].items():
+                    cells = [r.get("unavailable", "")[:60]] if "unavailable" in r else \
+                        [{True: "yes", False: "**no**", None: ""}[r.get(c)] for c in checks]
+                    lines.append(f"| {group} {op} | " + " | ".join(cells) + " |")
+            e2e = data["end_to_end_fixed_bf16"]
+            lines += ["", f"End to end, fixed shapes, bf16, {e2e['layers']} layers: reports differing from the first "
+                      "run: " + ", ".join(f"{k} {v['differ']}/{v['of']}" for k, v in e2e.items() if k != "layers"),
+                      ""]
         elif name == "quant":
             lines += [f"**Quantization at real size**: batch {data['batch']}, {data['studies']} studies, "
                       f"{data['max_new_tokens']} tokens, CUDA graphs off.", "",

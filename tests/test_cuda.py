@@ -47,7 +47,7 @@ def _stream(model, requests, **kwargs) -> dict:
 @pytest.mark.parametrize("variant", ["tiny", "tiny_legacy"])
 def test_published_tokens_in_float32_on_cuda(variant):
     """The published code's tokens in float32 on CUDA: static batches of 1, 4 and 8 with CUDA graphs on and off,
-    continuous batching (10 studies in 3 slots, graphs on), fixed shapes (padded to 8 rows too) and key buckets."""
+    continuous batching (10 studies in 3 slots, graphs on) and fixed shapes."""
     model = CxrLlava.from_pretrained(REFERENCE / variant, device="cuda", dtype="float32")
     rows = _expected(variant)
     limit = rows[0]["max_new_tokens"]
@@ -59,7 +59,7 @@ def test_published_tokens_in_float32_on_cuda(variant):
                 assert [r.token_ids for r in got] == [_ids(r) for r in rows[start:start + batch]], (graphs, batch)
     pixels = [model.preprocess(read_image(IMAGES / rows[i % len(rows)]["image"])) for i in range(10)]
     requests = [Request(i, pixels[i], model.prompt_ids()) for i in range(10)]
-    for shapes in (None, Shapes(fixed=True), Shapes(fixed=True, pad_to=8), Shapes(key_bucket=16)):
+    for shapes in (None, Shapes(fixed=True)):
         stats = DecodeStats()
         got = _stream(model, requests, slots=3, max_new_tokens=limit, cuda_graphs="on", shapes=shapes, stats=stats)
         assert [got[i].token_ids for i in range(10)] == [_ids(rows[i % len(rows)]) for i in range(10)], shapes

@@ -185,18 +185,17 @@ def test_a_study_can_have_a_lower_token_limit_of_its_own(reference):
 
 
 def test_fixed_shapes_keep_the_published_tokens(reference):
-    """Shapes(fixed=True), also with the matrix products padded to 8 rows: still the published code's tokens
-    (10 studies, 4 slots); every step runs over all 4 slots to the end and every prefill pass takes one study."""
+    """Shapes(fixed=True): still the published code's tokens (10 studies, 4 slots); every step runs over all 4 slots
+    to the end and every prefill pass takes one study."""
     model, rows = reference
     names = [rows[i % len(rows)]["image"] for i in range(10)]
-    for shapes in (Shapes(fixed=True), Shapes(fixed=True, pad_to=8)):
-        stats = DecodeStats()
-        got, _ = _streamed(model, _requests(model, names), slots=4, max_new_tokens=rows[0]["max_new_tokens"],
-                           shapes=shapes, stats=stats)
-        for i in range(10):
-            row = rows[i % len(rows)]
-            assert got[i].token_ids == (row["generated_ids"][:-1] if row["stopped_at_eos"] else row["generated_ids"])
-        assert stats.row_steps == 4 * stats.steps and stats.prefills == stats.prefill_rows == 10
+    stats = DecodeStats()
+    got, _ = _streamed(model, _requests(model, names), slots=4, max_new_tokens=rows[0]["max_new_tokens"],
+                       shapes=Shapes(fixed=True), stats=stats)
+    for i in range(10):
+        row = rows[i % len(rows)]
+        assert got[i].token_ids == (row["generated_ids"][:-1] if row["stopped_at_eos"] else row["generated_ids"])
+    assert stats.row_steps == 4 * stats.steps and stats.prefills == stats.prefill_rows == 10
 
 
 def test_batch_invariant_reports_do_not_depend_on_the_batch_in_bfloat16(tiny_dir):

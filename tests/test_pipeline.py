@@ -88,7 +88,7 @@ def test_cli_bad_key_exits_2_with_one_line():
     assert result.returncode == runner.EXIT_USAGE
     assert result.stderr.strip().splitlines() == [
         "error: --set generation.batchsize: unknown key 'generation.batchsize' (allowed in generation: batch_size, "
-        "max_new_tokens, temperature, top_p, seed, cuda_graphs)"]
+        "max_new_tokens, temperature, top_p, seed, cuda_graphs, batch_invariant)"]
 
 
 def test_missing_dataset_root_is_an_error_at_start(tmp_path, tiny_dir):

@@ -233,3 +233,25 @@ def test_real_bitsandbytes_layers_stay_close_to_full_precision(mode, tolerance):
     assert type(net[0]).__module__.startswith("bitsandbytes")
     error = (got - want).norm() / want.norm()
     assert error < tolerance
+
+
+def test_the_int8_cast_message_is_logged_once(caplog):
+    """bitsandbytes logs 'MatMul8bitLt: inputs will be cast ...' on every call of every 8-bit layer (22,400 lines
+    in one GPU benchmark); after an 8-bit setup only the first one is kept, other messages are untouched."""
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    before = list(logger.filters)
+    try:
+        q.bitsandbytes_config(ModelConfig(quantization="8bit"))  # installs the filter
+        q.quiet_repeated_int8_warning()  # again: still one filter
+        assert sum(isinstance(f, q._FirstOnly) for f in logger.filters) == 1
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            for _ in range(5):
+                logger.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "bf16")
+                logger.warning("something else")
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages.count("MatMul8bitLt: inputs will be cast from bf16 to float16 during quantization") == 1
+        assert messages.count("something else") == 5
+    finally:
+        logger.filters[:] = before

@@ -180,6 +180,21 @@ def test_prompt_user_is_required(backends):
     assert "prompt.user" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_batch_invariance_is_refused_before_a_study_is_taken(backends):
+    """generation.batch_invariant promises what transformers' generate cannot keep: one line, no study consumed."""
+    from cxrgen.config import GenerationConfig
+
+    taken = []
+
+    def items():
+        taken.append(1)
+        yield from ()
+
+    with pytest.raises(ModelError, match="generation.batch_invariant: true is supported by the cxr_llava backend only"):
+        next(iter(backends["llava"].stream(items(), prompt(SYSTEM, USER), GenerationConfig(batch_invariant=True))))
+    assert not taken
+
+
 def test_system_as_a_string_for_templates_that_take_only_strings(backends, monkeypatch):
     backend = backends["llava"]
     string_only = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ 'SYSTEM: ' + m['content'] + '\\n' }}"

@@ -33,6 +33,32 @@ TRANSFORMERS_SKIP = ["lm_head", "vision_tower", "multi_modal_projector", "model.
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold: activation columns above it are computed in 16 bits
 
 
+class _FirstOnly(logging.Filter):
+    """Lets the first record whose message starts with ``prefix`` through and drops its repeats."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+#: bitsandbytes logs this on every call of every 8-bit layer (224 per decode step of a 7B model): once is enough.
+INT8_CAST_MESSAGE = "MatMul8bitLt: inputs will be cast"
+
+
+def quiet_repeated_int8_warning() -> None:
+    """Keep bitsandbytes' 'inputs will be cast from bfloat16 to float16' to its first occurrence (LLM.int8 computes
+    in float16 whatever the model's dtype; the message says nothing new after the first layer)."""
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _FirstOnly) for f in logger.filters):
+        logger.addFilter(_FirstOnly(INT8_CAST_MESSAGE))
+
+
 def check_quantization(model_cfg) -> None:
     """Refuse, in one line, a quantization that cannot run here; nothing is read or loaded."""
     mode = model_cfg.quantization or "none"
@@ -72,6 +98,7 @@ def bitsandbytes_config(model_cfg):
     from transformers import BitsAndBytesConfig
 
     if mode == "8bit":
+        quiet_repeated_int8_warning()
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD,
                                   llm_int8_skip_modules=list(TRANSFORMERS_SKIP))
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -106,6 +133,9 @@ def quantize_linear_layers(module: nn.Module, mode: str, skip: Iterable[str] = (
     if mode not in ("8bit", "4bit"):
         raise ModelError(f"model.quantization must be 8bit or 4bit to quantize layers; got {mode!r}")
     import bitsandbytes as bnb
+
+    if mode == "8bit":
+        quiet_repeated_int8_warning()
 
     target = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     names = selected_linear_layers(module, skip)

@@ -29,6 +29,7 @@ one draw per token, so it does not depend on its batch or slot either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,17 +77,16 @@ class Shapes:
     """How the decoder shapes its work on the device.
 
     ``fixed``: a study's numbers depend on it alone, not on the studies decoded beside it nor on where a run was
-    stopped and resumed. Matrix kernels pick their reduction order by shape, so every shape a study passes through
-    is kept constant: each step runs over all slots to the end (no shrinking), one study per prefill pass, attention
-    over the whole cache capacity, a capacity of longest prompt + ``max_new_tokens``. ``pad_to``: the step's matrix
-    products run over at least this many rows (padding rows appended), so that up to ``pad_to`` slots their shapes do
-    not depend on the number of slots either. ``key_bucket``: CUDA graphs attend up to the highest live position
-    rounded up to a multiple of this (one graph per bucket) instead of the whole capacity; not with ``fixed``.
+    stopped and resumed (``generation.batch_invariant``). Matrix kernels pick their reduction order by shape, so
+    every shape a study passes through is kept constant: each step runs over all slots to the end (no shrinking),
+    one study per prefill pass, attention over the whole cache capacity, a capacity of longest prompt +
+    ``max_new_tokens``, and on CUDA attention by kernels whose numbers for a row do not depend on the batch
+    (``SlotDecoder._attention_kernels``). Exact on the CPU (tests/test_cxr_llava.py); on CUDA in bfloat16 see
+    bench/RESULTS.md. Default: shapes that follow the work (prefill in groups, shrinking when draining, eager steps
+    attending only up to the highest live position), for speed.
     """
 
     fixed: bool = False
-    pad_to: int | None = None
-    key_bucket: int | None = None
 
 
 def resolve_cuda_graphs(setting: str | bool, device: torch.device) -> bool:
@@ -119,14 +119,11 @@ class DecodeStep(nn.Module):
     position and returns the logits [b, vocab]. The caches are lists (one per layer) of [b, kv_heads, capacity,
     head_dim]. ``keys``: attend over cache positions [0, keys) only (None: the whole capacity, the fixed shape that
     CUDA graphs capture; eager runs pass one past the highest live position, which the host knows, and save the
-    attention over positions no live row can see). ``pad_to``: run the norms, projections, MLPs and output layer
-    over at least this many rows (zero rows appended), so that their kernels see one shape whatever the number of
-    slots; the logits of every row, padding included, are returned.
+    attention over positions no live row can see).
     """
 
-    def __init__(self, model, capacity: int, pad_to: int | None = None):
+    def __init__(self, model, capacity: int):
         super().__init__()
-        self.pad_to = pad_to
         lm = model.language_model
         cfg = lm.config
         self.lm = lm
@@ -145,9 +142,6 @@ class DecodeStep(nn.Module):
         lm, nh, nkv, hd = self.lm, self.n_heads, self.n_kv, self.head_dim
         b = tokens.shape[0]
         x = lm.model.embed_tokens(tokens)[:, None]  # [b, 1, hidden]
-        w = max(b, self.pad_to or 0)  # rows of the matrix products
-        if w > b:
-            x = torch.cat([x, x.new_zeros(w - b, *x.shape[1:])])
         cos = self.cos[positions][:, None, None]  # [b, 1, 1, head_dim]
         sin = self.sin[positions][:, None, None]
         key_index = self.key_index if keys is None else self.key_index[:keys]
@@ -162,9 +156,9 @@ class DecodeStep(nn.Module):
         for layer, cache_k, cache_v in zip(lm.model.layers, caches_k, caches_v):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h)[:b].view(b, 1, nh, hd).transpose(1, 2)
-            k = attn.k_proj(h)[:b].view(b, 1, nkv, hd).transpose(1, 2)
-            v = attn.v_proj(h)[:b].view(b, 1, nkv, hd).transpose(1, 2)
+            q = attn.q_proj(h).view(b, 1, nh, hd).transpose(1, 2)
+            k = attn.k_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
+            v = attn.v_proj(h).view(b, 1, nkv, hd).transpose(1, 2)
             q = (q * cos + rotate_half(q) * sin).to(cache_k.dtype)
             k = (k * cos + rotate_half(k) * sin).to(cache_k.dtype)
             v = v.to(cache_k.dtype)
@@ -177,10 +171,7 @@ class DecodeStep(nn.Module):
             if keys is not None:
                 cache_k, cache_v = cache_k[:, :, :keys], cache_v[:, :, :keys]
             o = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask, enable_gqa=nkv != nh)
-            o = o.to(x.dtype).transpose(1, 2).reshape(b, 1, nh * hd)
-            if w > b:
-                o = torch.cat([o, o.new_zeros(w - b, *o.shape[1:])])
-            x = x + attn.o_proj(o)
+            x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, 1, nh * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return lm.lm_head(lm.model.norm(x[:, -1]))
 
@@ -210,7 +201,7 @@ class SlotDecoder:
         self.shapes = shapes
         self.device, self.dtype = model.device, model.dtype
         self.eos_id = model.tokenizer.eos_id
-        self.step_module = DecodeStep(model, capacity, pad_to=shapes.pad_to)
+        self.step_module = DecodeStep(model, capacity)
         self.step = step(self.step_module) if step is not None else self.step_module
         n_kv, hd = self.step_module.n_kv, self.step_module.head_dim
         # zeros, not empty: masked positions are read with weight 0, and 0 * NaN would not be 0
@@ -227,7 +218,7 @@ class SlotDecoder:
         # eager: attend only up to the highest live position (not when a row's numbers must not depend on others)
         self.trim_keys = not graphs and step is None and not shapes.fixed
         self.prompt_lengths = [0] * slots  # of the study in each slot (host-side, for the key range)
-        self.graphs: dict[tuple[int, int | None], tuple[Any, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
 
     # -- prefill ---------------------------------------------------------------------------------------------------
     def prefill(self, slots: list[int], requests: list[Request], limits: list[int]) -> None:
@@ -237,6 +228,10 @@ class SlotDecoder:
             for s, r, limit in zip(slots, requests, limits):
                 self.prefill([s], [r], [limit])
             return
+        with self._attention_kernels():
+            self._prefill(slots, requests, limits)
+
+    def _prefill(self, slots: list[int], requests: list[Request], limits: list[int]) -> None:
         model, lm = self.model, self.model.language_model
         dev = self.device
         if all(isinstance(r.pixels, torch.Tensor) for r in requests):
@@ -310,28 +305,29 @@ class SlotDecoder:
             greedy[torch.tensor(sampled, device=greedy.device)] = draws
         return greedy
 
-    def _top_position(self) -> int:
-        """The highest cache position a live row writes in the next step: prompt length + tokens fed so far."""
-        return max(self.prompt_lengths[s] + row.produced - 1 for s, row in enumerate(self.rows[:self.width])
-                   if row is not None)
+    def _attention_kernels(self):
+        """With fixed shapes on CUDA, attention runs on PyTorch's flash and memory-efficient kernels only: cuDNN's
+        (PyTorch's choice for bfloat16 with a mask on Hopper GPUs) gave a study other numbers at batch 1 than at
+        batch 32 in the GPU check (bench/gpu_check.py, section kernels), the memory-efficient kernel did not."""
+        if not (self.shapes.fixed and self.device.type == "cuda"):
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def _logits(self) -> torch.Tensor:
-        """Logits of the next step, one row per slot of the current width (and any padding rows after them)."""
         n = self.width
         args = (self.tokens[:n], self.positions[:n], [c[:n] for c in self.cache_k], [c[:n] for c in self.cache_v])
         if not self.graphs_on:
-            if self.trim_keys:
-                return self.step(*args, keys=min(self.capacity, self._top_position() + 1))
+            if self.trim_keys:  # the position a row writes now: prompt length + tokens fed so far
+                top = max(self.prompt_lengths[s] + row.produced - 1 for s, row in enumerate(self.rows[:n])
+                          if row is not None)
+                return self.step(*args, keys=min(self.capacity, top + 1))
             return self.step(*args)
-        keys = None
-        if self.shapes.key_bucket and not self.shapes.fixed:  # one graph per bucket of the attended range
-            bucket = self.shapes.key_bucket
-            keys = min(self.capacity, -(-(self._top_position() + 1) // bucket) * bucket)
-            keys = None if keys == self.capacity else keys
-        if (n, keys) not in self.graphs:
+        if n not in self.graphs:
             started = time.perf_counter()
             try:
-                self.graphs[(n, keys)] = self._capture(args, keys)
+                self.graphs[n] = self._capture(args)
             except Exception as e:  # e.g. a quantized layer whose kernels cannot be captured
                 if self.graphs_required:
                     raise ModelError(f"generation.cuda_graphs: on, but the decode step cannot be captured as a "
@@ -344,22 +340,22 @@ class SlotDecoder:
             self.stats.graphs += 1
             self.stats.graph_sizes.append(n)
             self.stats.capture_seconds += time.perf_counter() - started
-        graph, out = self.graphs[(n, keys)]
+        graph, out = self.graphs[n]
         graph.replay()
         return out
 
-    def _capture(self, args, keys: int | None):
-        """CUDA graph of one step at the current width over key positions [0, keys). The warm-up runs write
-        exactly what the next real step writes (same tokens, same positions), so they change nothing."""
+    def _capture(self, args):
+        """CUDA graph of one step at the current width. The warm-up runs write exactly what the next real step
+        writes (same tokens, same positions), so they change nothing."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.step(*args, keys=keys)
+                self.step(*args)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.step(*args, keys=keys)
+            out = self.step(*args)
         torch.cuda.current_stream(self.device).synchronize()  # the warm-up steps count in the capture's time
         return graph, out
 
@@ -370,8 +366,9 @@ class SlotDecoder:
         live = [s for s in range(n) if self.rows[s] is not None]
         gens = [row.generator if row is not None else None for row in self.rows[:n]]
         for _ in range(count):
-            logits = self._logits()  # padding rows (fixed shapes) go through pick too: one shape for its kernels
-            new = self.pick(logits, gens + [None] * (logits.shape[0] - n))[:n]
+            with self._attention_kernels():
+                logits = self._logits()
+            new = self.pick(logits, gens)
             self.tokens[:n].copy_(new)
             self.positions[:n].add_(1).clamp_(max=self.capacity - 1)  # idle rows stay inside the cache
             history.append(new)
