@@ -71,8 +71,8 @@ def test_bom_crlf_and_blank_cells_score_correctly(tmp_path, capsys):
     messy = tmp_path / "messy.csv"
     messy.write_bytes(b"\xef\xbb\xbf" + plain.read_text().replace("\n", "\r\n").encode())
     results = {}
-    for path in (plain, messy):
-        rc, _, err = _run(capsys, path, "--no-clinical", "--n-boot", "0")
+    for path in (plain, messy):  # both write beside their CSV: the second replaces the first on purpose
+        rc, _, err = _run(capsys, path, "--no-clinical", "--n-boot", "0", "--force")
         assert rc == 0, err
         results[path.stem] = json.loads((tmp_path / "summary.json").read_text())["systems"][path.stem]
     assert results["plain"]["metrics"] == results["messy"]["metrics"]
@@ -90,12 +90,12 @@ def test_the_replaced_benchmarks_columns_and_other_names(tmp_path, capsys):
     ref = json.loads((tmp_path / "summary.json").read_text())["systems"]["bench"]["metrics"]
     other = tmp_path / "other.csv"
     pd.DataFrame({"Study ID": range(4), "prediction": GENS, "target": REFS, "findings": ["x"] * 4}).to_csv(other, index=False)
-    rc, _, err = _run(capsys, other, "--no-clinical", "--n-boot", "0")
+    rc, _, err = _run(capsys, other, "--no-clinical", "--n-boot", "0", "--force")
     assert rc == 0, err
     assert "id <- 'Study ID', generated report <- 'prediction', reference <- 'target'" in err
     assert json.loads((tmp_path / "summary.json").read_text())["systems"]["other"]["metrics"] == ref
     # a name given on the command line wins over the common names
-    rc, _, err = _run(capsys, other, "--ref-col", "findings", "--no-clinical", "--n-boot", "0")
+    rc, _, err = _run(capsys, other, "--ref-col", "findings", "--no-clinical", "--n-boot", "0", "--force")
     assert rc == 0 and "reference <- 'findings'" in err
     assert json.loads((tmp_path / "summary.json").read_text())["systems"]["other"]["metrics"] != ref
 
@@ -129,3 +129,22 @@ def test_a_comparison_writes_into_its_own_folder_with_the_page_inside(tmp_path, 
     # --html with a path writes there
     rc, _, err = _run(capsys, a, b, "--no-clinical", "--n-boot", "0", "--html", tmp_path / "pages" / "x.html")
     assert rc == 0 and (tmp_path / "pages" / "x.html").is_file()
+
+
+def test_an_evaluation_does_not_replace_another_ones_outputs_without_saying_so(tmp_path, capsys):
+    """Two results files in one folder both write beside themselves: the second evaluation stops, naming the
+    folder and what it holds; the same evaluation again, or --force, replaces the outputs (and says so)."""
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    for path in (a, b):
+        pd.DataFrame({"id": range(4), "generated_report": GENS, "reference": REFS}).to_csv(path, index=False)
+    assert _run(capsys, a, "--no-clinical", "--n-boot", "0")[0] == 0
+    first = (tmp_path / "summary.json").read_text()
+    rc, _, err = _run(capsys, b, "--no-clinical", "--n-boot", "0")
+    assert rc == 2 and f"{tmp_path} holds the outputs of another evaluation (a)" in err and "--force" in err
+    assert (tmp_path / "summary.json").read_text() == first  # untouched
+    rc, _, err = _run(capsys, a, "--no-clinical", "--n-boot", "10")  # other settings: another evaluation too
+    assert rc == 2
+    assert _run(capsys, a, "--no-clinical", "--n-boot", "0")[0] == 0  # the same one again
+    rc, out, _ = _run(capsys, b, "--no-clinical", "--n-boot", "0", "--force")
+    assert rc == 0 and "replaced another evaluation's outputs" in out
+    assert list(json.loads((tmp_path / "summary.json").read_text())["systems"]) == ["b"]

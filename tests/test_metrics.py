@@ -195,16 +195,30 @@ def test_resample_counts_are_seeded_and_sum_to_n():
 def test_percentile_interval_and_paired_test_by_hand():
     values = np.arange(101, dtype=float)  # percentiles are the values themselves
     assert bootstrap.percentile_interval(values) == pytest.approx([2.5, 97.5], abs=1e-12)
-    # resamples in which a metric is undefined (NaN) are left out; all undefined -> no interval
-    assert bootstrap.percentile_interval(np.r_[np.nan, values, np.nan]) == pytest.approx([2.5, 97.5], abs=1e-12)
+    # an undefined resample (NaN) counts beyond both ends: 1 of 401 values below and 1 above all others moves the
+    # 2.5th percentile of the 401 to the 2.5th-minus-one-400th of the defined ones
+    defined = np.linspace(0, 100, 399)
+    got = bootstrap.percentile_interval(np.r_[np.nan, defined, np.nan])
+    assert got == pytest.approx(list(np.quantile(defined, [(0.025 * 401 - 1) / 399, (0.975 * 401 - 1) / 399])),
+                                abs=1e-9)
+    assert got[0] < 2.5 and got[1] > 97.5  # wider than without the undefined resamples
+    # more than 5% undefined (the share in which the interval's ends would be undefined): no interval
+    assert bootstrap.percentile_interval(np.r_[np.full(6, np.nan), np.arange(94.0)]) is None
+    assert bootstrap.percentile_interval(np.r_[np.full(5, np.nan), np.arange(95.0)]) is not None
     assert bootstrap.percentile_interval(np.full(5, np.nan)) is None
     same = np.linspace(0, 1, 99)
     t = bootstrap.paired_test(same, same, 0.0)
     assert t["p_value"] == 1.0 and t["ci"] == [0.0, 0.0]
-    # differences centred at 0.5 with spread 0.1: none is 0.5 away from the mean -> p = 1 / (B + 1)
+    # differences 0.4..0.6, none on the other side of 0: p = 2 (1 + 0) / (B + 1)
     d = 0.5 + np.linspace(-0.1, 0.1, 99)
     t = bootstrap.paired_test(d, np.zeros(99), 0.5)
-    assert t["p_value"] == pytest.approx(1 / 100)
+    assert t["p_value"] == pytest.approx(2 / 100)
+    # 10 of 99 at or below 0: p = 2 (1 + 10) / 100
+    d = np.r_[np.zeros(5), -np.ones(5), np.ones(89)]
+    assert bootstrap.paired_test(d, np.zeros(99), 0.8)["p_value"] == pytest.approx(22 / 100)
+    # an undefined difference counts on both sides
+    d = np.r_[np.full(10, np.nan), np.ones(89)]
+    assert bootstrap.paired_test(d, np.zeros(99), 1.0)["p_value"] == pytest.approx(22 / 100)
 
 
 def test_signature_changes_whenever_the_numbers_do():

@@ -42,10 +42,11 @@ def test_micro_and_macro_by_hand():
     assert m["chexpert14_micro_precision"] == pytest.approx(2 / 3)
     assert m["chexpert14_micro_recall"] == pytest.approx(2 / 4)
     assert m["chexpert14_micro_f1"] == pytest.approx(4 / 7)
-    # macro over the 5 observations positive somewhere: F1 = 1, 1, 0, 0, 0
+    # macro over the observations where each value is defined: F1 over the 5 positive somewhere (1, 1, 0, 0, 0),
+    # precision over the 3 a generated report has (card 1, eff 1, edema 0), recall over the 4 a reference has
     assert m["chexpert14_macro_f1"] == pytest.approx(2 / 5)
-    assert m["chexpert14_macro_precision"] == pytest.approx(2 / 5)
-    assert m["chexpert14_macro_recall"] == pytest.approx(2 / 5)
+    assert m["chexpert14_macro_precision"] == pytest.approx(2 / 3)
+    assert m["chexpert14_macro_recall"] == pytest.approx(2 / 4)
     # CheXbert 5 (no pneumothorax): TP 2, FP 1, FN 1
     assert m["chexbert5_micro_f1"] == pytest.approx(2 / 3)
     assert m["chexbert5_macro_f1"] == pytest.approx(2 / 4)
@@ -73,10 +74,16 @@ def test_metrics_are_vectorised_over_bootstrap_rows():
     assert m["chexbert5_macro_f1"].shape == (3,)
 
 
-def test_observation_absent_everywhere_has_no_f1():
+def test_a_value_whose_denominator_is_zero_is_undefined_not_zero():
+    """No F1 for an observation neither side has, no recall without a reference positive (edema: a false
+    positive only), no precision without a generated positive (atelectasis: missed only)."""
     per = clinical.per_observation(_sums("positive"))
-    assert not per["defined"][_col("fracture")]
-    assert per["defined"][_col("edema")]
+    assert np.isnan(per["f1"][_col("fracture")]) and np.isnan(per["recall"][_col("fracture")])
+    assert per["f1"][_col("edema")] == 0 and per["precision"][_col("edema")] == 0
+    assert np.isnan(per["recall"][_col("edema")])
+    assert np.isnan(per["precision"][_col("atelectasis")]) and per["recall"][_col("atelectasis")] == 0
+    empty = clinical.set_metrics(np.zeros((14, 4)))  # nothing positive anywhere: nothing to average
+    assert all(np.isnan(v) for v in empty.values())
 
 
 def test_label_codes_reject_unknown_values():

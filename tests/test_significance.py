@@ -2,6 +2,8 @@
 plain loop that swaps texts and re-scores, its edge cases, and its place in evaluate.py's outputs."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,8 @@ def keyword_labels(texts):
 
 def ar_by_loop(hyps_a, hyps_b, refs, keys, trials, seed, **kw):
     """Reference: swap each study's two texts with probability 1/2 (one uniform per study and
-    trial, row by row), re-score both pseudo systems from their texts, count |diff| >= observed."""
+    trial, row by row), re-score both pseudo systems from their texts, count |diff| >= observed (or
+    undefined)."""
     rng = np.random.default_rng(seed)
 
     def corpus(hyps):
@@ -53,7 +56,8 @@ def ar_by_loop(hyps_a, hyps_b, refs, keys, trials, seed, **kw):
             xb.append(b)
         va, vb = corpus(xa), corpus(xb)
         for k in keys:
-            if abs(va[k] - vb[k]) >= observed[k] * (1 - 1e-10) - 1e-10:
+            d = abs(va[k] - vb[k])
+            if d >= observed[k] * (1 - 1e-10) - 1e-10 or d != d:  # an undefined trial counts as extreme
                 count[k] += 1
     return {k: (c + 1) / (trials + 1) for k, c in count.items()}
 
@@ -145,3 +149,82 @@ def test_an_undefined_difference_has_no_p_value_rather_than_a_tiny_one():
     test = bootstrap.paired_test(np.full(50, np.nan), np.full(50, np.nan), float("nan"))
     assert test["p_value"] is None
     assert bootstrap.paired_test(np.linspace(0, 1, 50), np.linspace(0, 1, 50), 0.0)["p_value"] == 1.0
+
+
+# -- rare findings: one discordant study, a null simulation, ties, the resampling itself ---------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_study_apart(n=20):
+    """20 studies; the first reference names a pleural effusion, no other does. The two systems write the same
+    reports except that only the second names that effusion."""
+    refs = ["Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."] * n
+    refs = [f"Study {i}. " + r for i, r in enumerate(refs)]
+    refs[0] = "Study 0. Small left pleural effusion. Heart size is normal."
+    second = list(refs)
+    first = list(refs)
+    first[0] = "Study 0. Heart size is normal."
+    frame = lambda h: pd.DataFrame({"id": [f"s{i}" for i in range(n)], "generated_report": h,  # noqa: E731
+                                    "reference": refs})
+    return {"first": frame(first), "second": frame(second)}
+
+
+@pytest.mark.parametrize("test", ["ar", "bootstrap"])
+def test_a_difference_resting_on_one_study_is_never_significant(test):
+    """The case that gave p = 0.001 for 15 clinical metrics under the shifted-null bootstrap: now no p-value
+    below 0.05 under either test, each such comparison marked unreliable (1 discordant study), and the second
+    system's effusion F1 from its one positive study has no interval (not [1, 1])."""
+    report = evaluate_systems(_one_study_apart(), n_boot=1000, significance_test=test, ar_trials=2000,
+                              use_meteor=False)
+    clinical_rows = [c for c in report.comparisons if c["p_value"] is not None and c["diff"]]
+    assert clinical_rows, "the effusion study changes some clinical metrics"
+    assert all(c["p_value"] >= 0.05 for c in report.comparisons if c["p_value"] is not None), \
+        [(c["metric"], c["p_value"]) for c in report.comparisons if c["p_value"] is not None and c["p_value"] < 0.05]
+    for c in clinical_rows:
+        assert c["discordant"] == 1 and c["reliable"] is False, c
+    effusion = report.systems["second"].summary["clinical"]["per_observation"]["pleural_effusion"]
+    assert effusion["ref_positive"] == 1 and effusion["f1"]["value"] == 1.0 and effusion["f1"]["ci"] is None
+    # no reference names a pneumothorax: no recall for it, in either system
+    assert report.systems["second"].summary["clinical"]["per_observation"]["pneumothorax"]["recall"] is None
+
+
+def test_the_null_simulation_stays_at_level_for_common_and_rare_findings():
+    """A fast run of bench/bench_rare_findings.py's null settings (100 studies with an effusion in 3 of them, 20
+    with it in 1, and a common finding; both systems drawn from one distribution): each test rejects at 0.05 in at
+    most 0.05 + 3 Monte-Carlo errors of the repetitions, for every metric (the shifted-null bootstrap: over 30%)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_rare_findings as sim
+
+    reps = 150
+    limit = 0.05 + 3 * (0.05 * 0.95 / reps) ** 0.5
+    for n, k in ((100, 3), (20, 1)):
+        rates = sim.one_setting(n, k, (0.7, 0.7), reps=reps, n_boot=300, trials=300, seed=3)
+        for test in ("boot", "ar"):
+            assert all(v is None or v <= limit for v in rates[test].values()), (n, k, test, rates[test])
+    assert max(v for v in rates["boot-shift"].values() if v is not None) > 0.3  # the old test, for contrast
+
+
+def test_bootstrap_draws_every_study_equally_often():
+    """Each resample draws n studies, every study as often as any other on average (the last one too)."""
+    from cxrgen.metrics import bootstrap
+
+    counts = np.vstack(list(bootstrap.resample_counts(7, 4000, seed=0)))
+    assert counts.shape == (4000, 7) and (counts.sum(axis=1) == 7).all()
+    assert counts.mean(axis=0) == pytest.approx(np.ones(7), abs=5 * (6 / 7 / 4000) ** 0.5)
+
+
+def test_a_tie_decided_by_summation_order_is_still_a_tie():
+    """Two systems that differ in one study: every trial's difference equals the observed one up to the order of
+    the sums, so every trial is as extreme and p = 1 (exact float comparison gave 0.52 for some of these)."""
+    from cxrgen.metrics.base import mean_of_sums, mean_stats
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a = rng.random(30)
+        z = a.copy()
+        z[7] = rng.random()
+        sa, sz = mean_stats(a), mean_stats(z)
+        observed = {"m": float(mean_of_sums(sa.sum(0)) - mean_of_sums(sz.sum(0)))}
+        p = significance.approximate_randomization(sa, sz, lambda s: {"m": mean_of_sums(s)}, observed, trials=200)
+        assert p["m"] == 1.0

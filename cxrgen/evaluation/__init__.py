@@ -48,7 +48,8 @@ from cxrgen.evaluation.inputs import (
 )
 from cxrgen.evaluation.labels import label_csv
 from cxrgen.evaluation.scoring import SIGNIFICANCE_TESTS, Evaluation, Report, evaluate_frame, evaluate_systems
-from cxrgen.evaluation.summaries import metrics_json, write_metrics_json, write_outputs
+from cxrgen.evaluation.summaries import (check_output_dir, evaluation_identity, metrics_json, write_metrics_json,
+                                        write_outputs)
 from cxrgen.evaluation.tables import csv_rows, fmt_entry, fmt_p, fmt_value, format_table, markdown
 
 __all__ = [
@@ -57,5 +58,5 @@ __all__ = [
     "csv_rows", "default_output_dir", "evaluate_frame", "evaluate_systems", "expand_inputs", "fmt_entry", "fmt_p",
     "fmt_value", "format_table", "is_empty_text", "label_csv", "load_systems", "markdown", "metrics_json",
     "prepare", "read_results_csv", "resolve_columns", "resolve_images", "source_paths", "standardise",
-    "system_of", "text_or_empty", "write_metrics_json", "write_outputs",
+    "system_of", "text_or_empty", "write_metrics_json", "write_outputs", "check_output_dir", "evaluation_identity",
 ]

@@ -3,10 +3,12 @@
 Every system is scored on the studies all of them share (:mod:`cxrgen.evaluation.alignment`)
 by the metrics of the mode (:mod:`cxrgen.metrics.registry`, plus the model-based metrics asked
 for), and all of them are resampled with the same bootstrap draws, which makes the paired
-comparison against the baseline possible. p-values come from the paired bootstrap
-(:func:`cxrgen.metrics.bootstrap.paired_test`, the default) or the paired approximate
-randomization test (:mod:`cxrgen.metrics.significance`); both run on the per-sample sufficient
-statistics, never re-scoring text.
+comparison against the baseline possible. p-values come from the paired approximate randomization
+test (:mod:`cxrgen.metrics.significance`, the default) or the paired bootstrap
+(:func:`cxrgen.metrics.bootstrap.paired_test`); both run on the per-sample sufficient statistics,
+never re-scoring text. Each comparison also counts its **discordant studies**, those whose
+statistics for the metric differ between the two systems: a difference resting on fewer than
+:data:`MIN_DISCORDANT` of them is marked unreliable (``"reliable": false``), whatever its p-value.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from cxrgen.evaluation import summaries
@@ -27,7 +30,10 @@ from cxrgen.metrics.signature import make_signature
 from cxrgen.metrics.suite import Scores, metrics_for, score_texts
 from cxrgen.metrics.tokenize import COMPAT_MODES
 
-SIGNIFICANCE_TESTS = ("bootstrap", "ar")
+SIGNIFICANCE_TESTS = ("ar", "bootstrap")
+#: Fewer discordant studies than this: the comparison is marked unreliable. With d discordant studies the
+#: randomization test's smallest possible p-value is 2^(1-d) and every p-value hinges on a handful of studies.
+MIN_DISCORDANT = 10
 
 
 @dataclass
@@ -104,7 +110,7 @@ def evaluate_systems(
     use_meteor: bool = True,
     model_metrics: Sequence[str] | str = (),
     skip_unavailable: bool = False,
-    significance_test: str = "bootstrap",
+    significance_test: str = "ar",
     ar_trials: int = significance.DEFAULT_TRIALS,
     label_reports: Callable[[list[str]], list[dict]] | None = None,
 ) -> Report:
@@ -113,7 +119,7 @@ def evaluate_systems(
 
     Columns: ``id_col``, ``hyp_col``, ``ref_col`` name them; None finds them by their common names
     (:func:`cxrgen.evaluation.inputs.resolve_columns`), per system. ``significance_test``:
-    ``"bootstrap"`` or ``"ar"`` (``ar_trials`` trials). A model-based metric that cannot run is an
+    ``"ar"`` (``ar_trials`` trials) or ``"bootstrap"``. A model-based metric that cannot run is an
     error (:class:`MetricUnavailableError`) unless ``skip_unavailable``."""
     if not frames:
         raise EvaluationInputError("no results to evaluate")
@@ -175,7 +181,7 @@ def evaluate_systems(
 
     if n_boot > 0:
         sums = bootstrap.resampled_sums([scores[n].stats for n in order], n_boot, seed)
-        boot_values = {n: scores[n].from_sums(s) for n, s in zip(order, sums)}
+        boot_values = {n: scores[n].from_sums(s, resampled=True) for n, s in zip(order, sums)}
     else:
         boot_values = {n: None for n in order}
     points = {n: scores[n].point() for n in order}
@@ -192,11 +198,10 @@ def evaluate_systems(
     for n in order[1:]:
         comparisons += _compare(n, baseline, scores, points, boot_values, significance_test, ar_trials, seed)
     if len(order) > 1 and base_scores.n < significance.MIN_STUDIES:
-        warnings.append(
+        warnings.append(  # shown by every output (terminal table, summary.*, the page), so not logged as well
             f"the systems share only {base_scores.n} studies (fewer than {significance.MIN_STUDIES}): "
             "p-values and intervals from so few studies are unreliable"
         )
-        log.warning("%s", warnings[-1])
     settings = {
         "id_col": id_col, "hyp_col": hyp_col, "ref_col": ref_col, "status_col": status_col,
         "n_boot": n_boot, "seed": seed, "compat": compat,
@@ -234,10 +239,13 @@ def _compare(name, baseline, scores, points, boot_values, test, ar_trials, seed)
         if boot_values[name] is not None:
             entry = bootstrap.paired_test(boot_values[name][k], boot_values[baseline][k], diffs[k])
         else:
-            entry = {"diff": float(diffs[k]), "ci": None, "p_value": None}
+            entry = {"diff": float(diffs[k]) if np.isfinite(diffs[k]) else None, "ci": None, "p_value": None}
         if test == "ar":
             entry["p_value"] = None if p_ar[k] is None else float(p_ar[k])
-        out.append({"system": name, "baseline": baseline, "metric": k, "n": s.n, **entry, "test": test})
+        cols = b.key_columns(k)
+        discordant = int(np.count_nonzero((s.stats[:, cols] != b.stats[:, cols]).any(axis=1)))
+        out.append({"system": name, "baseline": baseline, "metric": k, "n": s.n, **entry, "test": test,
+                    "discordant": discordant, "reliable": discordant >= MIN_DISCORDANT})
     return out
 
 

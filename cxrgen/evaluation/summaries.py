@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cxrgen.evaluation.alignment import Prepared
-from cxrgen.evaluation.common import is_empty_text
+from cxrgen.evaluation.common import EvaluationInputError, is_empty_text
 from cxrgen.evaluation.inputs import HYP
 from cxrgen.metrics import bootstrap, clinical, significance
 from cxrgen.metrics.suite import Scores
@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 
 def metric_entry(value: float, boot: np.ndarray | None) -> dict:
-    """``{"value", "ci"}`` of one metric; ``ci`` is the percentile interval of the bootstrap
-    values (None without resamples)."""
+    """``{"value", "ci"}`` of one metric; ``value`` None where the metric is undefined (a recall without
+    reference positives), ``ci`` the percentile interval of the bootstrap values (None without resamples, for an
+    undefined value, or when too many resamples are undefined: :func:`cxrgen.metrics.bootstrap.percentile_interval`)."""
+    if not np.isfinite(value):
+        return {"value": None, "ci": None}
     return {"value": float(value),
             "ci": bootstrap.percentile_interval(boot) if boot is not None and len(boot) else None}
 
@@ -83,7 +86,7 @@ def summary_dict(report: "Report") -> dict:
     out = {
         "signature": report.signature,
         "interval_method": bootstrap.METHOD,
-        "test_method": tests[report.settings.get("significance") or "bootstrap"],
+        "test_method": tests[report.settings.get("significance") or "ar"],
         "settings": report.settings,
         "systems": {name: ev.summary for name, ev in report.systems.items()},
         "baseline": report.baseline,
@@ -115,8 +118,33 @@ def write_metrics_json(evaluation: "Evaluation", path: str | os.PathLike) -> Pat
     return path
 
 
-def write_outputs(report: "Report", output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write per_sample.csv, summary.json, summary.md and summary.csv into ``output_dir``."""
+def evaluation_identity(report: "Report", inputs: Sequence[tuple[str | None, Path]] = ()) -> dict:
+    """What makes two evaluations the same one: the input files (as given: ``NAME=PATH`` or ``PATH``, resolved)
+    and the settings. Stored in ``summary.json`` as ``evaluation``."""
+    return {"inputs": [[name, str(Path(path).resolve())] for name, path in inputs],
+            "systems": list(report.systems), "settings": report.settings}
+
+
+def check_output_dir(output_dir: str | os.PathLike, identity: dict) -> None:
+    """Refuse to write into a folder that holds the outputs of another evaluation (other inputs or settings):
+    :class:`EvaluationInputError` naming it and what it holds. The same evaluation again replaces its outputs."""
+    path = Path(output_dir) / "summary.json"
+    try:
+        previous = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("evaluation") == identity:
+        return
+    held = ", ".join(previous.get("evaluation", {}).get("systems") or previous.get("systems") or ["unknown systems"])
+    raise EvaluationInputError(f"{output_dir} holds the outputs of another evaluation ({held}); choose another "
+                               "output folder or replace them on purpose")
+
+
+def write_outputs(report: "Report", output_dir: str | os.PathLike, identity: dict | None = None) -> dict[str, Path]:
+    """Write per_sample.csv, summary.json (with ``identity`` as its ``evaluation``, see
+    :func:`evaluation_identity`), summary.md and summary.csv into ``output_dir``."""
     from cxrgen.evaluation import tables
 
     out = Path(output_dir)
@@ -133,6 +161,8 @@ def write_outputs(report: "Report", output_dir: str | os.PathLike) -> dict[str, 
         "summary_csv": out / "summary.csv",
     }
     summary = report.summary_dict()
+    if identity is not None:
+        summary["evaluation"] = identity
     pd.concat(frames, ignore_index=True).to_csv(paths["per_sample"], index=False)
     paths["summary_json"].write_text(json.dumps(summary, indent=2) + "\n")
     paths["summary_md"].write_text(tables.markdown(summary))

@@ -5,15 +5,17 @@ All of them read the ``summary.json`` dict only (:func:`cxrgen.evaluation.summar
 whose metric order is the registry's: first each system's ``metrics``, then the metrics of every
 block (``clinical``), so a newly registered metric shows up everywhere without a change here.
 
-Formats: a value with 4 decimals (``0.1235``), with its interval ``0.1235 [0.1000, 0.1500]``; a
-difference ``+0.0123 (0.042)`` with its p-value in 3 decimals (``<0.001`` below that); an em dash
-for none.
+Formats: a value with 4 decimals (``0.1235``), with its interval ``0.1235 [0.1000, 0.1500]`` and, for a
+label metric, its support ``(ref+ 12, gen+ 9)``; a difference ``+0.0123 (0.042)`` with its p-value in 3
+decimals (``<0.001`` below that), ``†`` when it rests on fewer than ``MIN_DISCORDANT`` discordant studies; an
+em dash for none or an undefined value.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from cxrgen.evaluation.scoring import MIN_DISCORDANT
 from cxrgen.metrics import clinical
 
 BLOCK_TITLES = {"clinical": "clinical (CheXpert labels)"}
@@ -26,11 +28,18 @@ def fmt_value(v: float | None, digits: int = 4) -> str:
 
 def fmt_entry(entry: Mapping | None) -> str:
     """``{"value", "ci"}`` as ``0.1235 [0.1000, 0.1500]`` (no brackets without an interval, an em
-    dash for no entry)."""
-    if entry is None:
-        return "—"
+    dash for no entry or an undefined value), then the support of a label metric, ``(ref+ 12, gen+ 9)``."""
+    if entry is None or entry.get("value") is None:
+        return "—" + (_support(entry) if entry else "")
     ci = entry.get("ci")
-    return fmt_value(entry.get("value")) + (f" [{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "")
+    return fmt_value(entry.get("value")) + (f" [{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "") + \
+        _support(entry)
+
+
+def _support(entry: Mapping) -> str:
+    if "ref_positive" not in entry:
+        return ""
+    return f" (ref+ {entry['ref_positive']}, gen+ {entry['hyp_positive']})"
 
 
 def fmt_p(p: float | None) -> str:
@@ -40,11 +49,16 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
+UNRELIABLE = "†"
+
+
 def fmt_diff(comparison: Mapping | None) -> str:
-    """A comparison as ``+0.0123 (0.042)``: the difference and its p-value."""
-    if comparison is None:
+    """A comparison as ``+0.0123 (0.042)``: the difference and its p-value, marked ``†`` when it rests on
+    too few discordant studies to be relied on."""
+    if comparison is None or comparison.get("diff") is None:
         return "—"
-    return f"{comparison['diff']:+.4f} ({fmt_p(comparison.get('p_value'))})"
+    mark = UNRELIABLE if comparison.get("reliable") is False else ""
+    return f"{comparison['diff']:+.4f} ({fmt_p(comparison.get('p_value'))}){mark}"
 
 
 def _if_mapping(x) -> Mapping:
@@ -168,6 +182,14 @@ def note_lines(summary: Mapping) -> list[str]:
         if settings.get("ar_trials"):
             line += f", {settings['ar_trials']} trials, seed {settings.get('seed')}"
         out.append(line)
+        if any(c.get("reliable") is False for c in summary.get("comparisons") or []):
+            out.append(f"{UNRELIABLE}: the difference rests on fewer than {MIN_DISCORDANT} discordant studies "
+                       "(studies whose outcome for the metric differs between the two systems): unreliable, "
+                       "whatever its p-value")
+    if any("ref_positive" in (e or {}) for s in systems.values() for k, _ in metric_keys(summary)
+           for e in [entry(s, k)]):
+        out.append("(ref+ R, gen+ G): the reference and generated positives of the observations a label metric "
+                   "counts; — : undefined (no positives to divide by)")
     unavailable: dict = {}
     for s in systems.values():
         unavailable.update(_if_mapping(s).get("unavailable") or {})
@@ -254,6 +276,8 @@ def csv_rows(report_or_summary) -> list[dict]:
                 "system": n, "metric": k, "n": s["n"], "value": e["value"], "ci_low": ci[0], "ci_high": ci[1],
                 "baseline": baseline if n != baseline else "", "diff": c.get("diff"),
                 "diff_ci_low": dci[0], "diff_ci_high": dci[1], "p_value": c.get("p_value"),
-                "test": c.get("test"), "signature": summary.get("signature"),
+                "test": c.get("test"), "discordant": c.get("discordant"), "reliable": c.get("reliable"),
+                "ref_positive": e.get("ref_positive"), "hyp_positive": e.get("hyp_positive"),
+                "signature": summary.get("signature"),
             })
     return out

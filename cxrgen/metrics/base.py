@@ -9,8 +9,9 @@ never re-run it:
    mean of per-sample scores, tp/fp/fn/tn indicators for label metrics), plus the per-sample
    columns written to ``per_sample.csv``.
 2. :meth:`Metric.aggregate` turns **column sums** of that matrix, shape ``(..., k)``, into the
-   corpus values, one array per key. It must be vectorised over the leading axes: a bootstrap
-   resample or a randomisation trial is just another row of sums.
+   corpus values, one array per key, NaN where a value is undefined (a recall without positives). It
+   must be vectorised over the leading axes: a bootstrap resample or a randomisation trial is just
+   another row of sums.
 
 Each metric also declares its keys (``bleu_1``...), whether higher is better, the group it is
 reported in (``text``, ``clinical``, ``model``), the per-sample columns it writes, the
@@ -106,6 +107,9 @@ class Metric:
     group: str = "text"
     columns: tuple[Column, ...] = ()
     modes: tuple[str | None, ...] = (None,)
+    #: True when :meth:`aggregate` takes ``support``, the whole sample's sums, to keep what it averages over
+    #: fixed across resamples (the clinical macro averages)
+    uses_support: bool = False
 
     def unavailable(self, ctx: Context) -> str | None:
         """Why the metric cannot be computed in this context (shown in the summary), or None."""
@@ -123,6 +127,11 @@ class Metric:
 
     def label(self, key: str) -> str:
         return self.labels.get(key, key)
+
+    def key_columns(self, key: str) -> list[int] | None:
+        """The columns of the metric's statistics that ``key`` depends on (None: all of them); a paired comparison
+        counts the studies whose statistics differ there (the discordant studies)."""
+        return None
 
     def for_mode(self, compat: str | None) -> "Metric":
         """The metric as used in mode ``compat`` (a metric whose corpus arithmetic depends on the

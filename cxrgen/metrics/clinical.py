@@ -16,14 +16,20 @@ signature):
 Each remaining (sample, observation) pair is a true positive, false positive (hypothesis positive,
 reference not), false negative or true negative. With ``TP, FP, FN`` summed over the samples:
 
-* per observation: ``P = TP / (TP + FP)``, ``R = TP / (TP + FN)`` (0 when the denominator is 0),
-  ``F1 = 2 TP / (2 TP + FP + FN)``; an observation with ``TP + FP + FN = 0`` (never positive in
-  either report) has no P, R, F1 (null in the per-observation table).
-* micro over a set of observations: the same formulas on ``TP, FP, FN`` summed over the set
-  (0 when a denominator is 0).
-* macro over a set: the mean of the per-observation P, R, F1 over the observations of the set that
-  have ``TP + FP + FN > 0`` (0 if none has). Observations absent from both sides are left out
-  instead of being counted as 0 (scikit-learn's ``zero_division=0`` would count them as 0).
+* per observation: ``P = TP / (TP + FP)``, ``R = TP / (TP + FN)``, ``F1 = 2 TP / (2 TP + FP + FN)``,
+  each **undefined** (NaN; "—" in tables) where its denominator is 0: no recall for an observation
+  no reference has, no precision for one no generated report has, no F1 for one neither has.
+* micro over a set of observations: the same formulas on ``TP, FP, FN`` summed over the set,
+  undefined where the summed denominator is 0.
+* macro over a set: the mean of the per-observation values that are defined (recall over the
+  observations with a reference positive, precision over those with a generated positive, F1 over
+  those with either); undefined if none is. An observation absent from both sides is left out
+  instead of being counted as 0 (scikit-learn's ``zero_division=0`` would count it as 0; the
+  ``llava-rad`` protocol does).
+
+Per sample, ``ce_agreement`` is the share of the observations either report mentions on which the
+two labels (positive, negative, uncertain, not mentioned) are the same; undefined when neither
+mentions any. A report that mentions nothing scores 0 against any reference that mentions something.
 
 Sets (:data:`OBSERVATION_SETS`): ``chexpert14`` all 14 observations (including No Finding and
 Support Devices); ``chexbert5`` the five of the CheXbert papers (atelectasis, cardiomegaly,
@@ -110,39 +116,57 @@ def outcome_counts(hyp_codes: np.ndarray, ref_codes: np.ndarray, policy: str = "
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, NaN where ``den`` is 0 (undefined, not 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def precision_recall_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    """P, R, F1 from summed counts, each NaN where its denominator is 0."""
+    return {"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
 
 def per_observation(sums: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-observation precision, recall, F1 and a ``defined`` mask from sums ``(..., 14, 4)``."""
-    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
-    return {
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "defined": (tp + fp + fn) > 0,
-    }
+    """Per-observation precision, recall, F1 (NaN where undefined) from sums ``(..., 14, 4)``."""
+    return precision_recall_f1(sums[..., 0], sums[..., 1], sums[..., 2])
 
 
-def set_metrics(sums: np.ndarray) -> dict[str, np.ndarray]:
-    """All :func:`metric_keys` values from outcome sums of shape ``(..., 14, 4)``."""
+def _macro(values: np.ndarray, members: np.ndarray | None) -> np.ndarray:
+    """Mean over the last axis. ``members`` None: of the values that are defined (NaN where none is). Otherwise
+    of the values at ``members`` (a boolean mask of the last axis), NaN where one of them is undefined."""
+    if members is None:
+        defined = ~np.isnan(values)
+        return _ratio(np.where(defined, values, 0.0).sum(-1), defined.sum(-1).astype(np.float64))
+    if not members.any():
+        return np.full(values.shape[:-1], np.nan)
+    return values[..., members].mean(-1)
+
+
+def set_metrics(sums: np.ndarray, support: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All :func:`metric_keys` values from outcome sums of shape ``(..., 14, 4)``. ``support``: the sums
+    ``(14, 4)`` of the whole sample when ``sums`` are a resample's: each macro average then stays over the
+    observations defined in the whole sample (a resample in which one of them is undefined gives NaN) instead of
+    changing its set of observations from resample to resample."""
     sums = np.asarray(sums, dtype=np.float64)
     per_obs = per_observation(sums)
+    fixed = None if support is None else per_observation(np.asarray(support, dtype=np.float64))
     out = {}
     for set_name, cols in OBSERVATION_SETS.items():
         idx = [COLUMNS.index(c) for c in cols]
         sub = sums[..., idx, :]
-        tp, fp, fn = sub[..., 0].sum(-1), sub[..., 1].sum(-1), sub[..., 2].sum(-1)
-        out[f"{set_name}_micro_precision"] = _ratio(tp, tp + fp)
-        out[f"{set_name}_micro_recall"] = _ratio(tp, tp + fn)
-        out[f"{set_name}_micro_f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
-        defined = per_obs["defined"][..., idx]
-        count = defined.sum(-1)
+        micro = precision_recall_f1(sub[..., 0].sum(-1), sub[..., 1].sum(-1), sub[..., 2].sum(-1))
         for stat in STATS:
-            vals = np.where(defined, per_obs[stat][..., idx], 0.0).sum(-1)
-            out[f"{set_name}_macro_{stat}"] = _ratio(vals, count.astype(np.float64))
+            members = None if fixed is None else ~np.isnan(fixed[stat][idx])
+            out[f"{set_name}_micro_{stat}"] = micro[stat]
+            out[f"{set_name}_macro_{stat}"] = _macro(per_obs[stat][..., idx], members)
     return out
+
+
+def key_observations(key: str) -> tuple[str, ...]:
+    """The observations a clinical key is computed from (``obs:<name>:<stat>`` or a set key)."""
+    if key.startswith("obs:"):
+        return (key.split(":")[1],)
+    return OBSERVATION_SETS[key.split("_")[0]]
 
 
 def label_texts(texts: Sequence[str], label_reports: Callable[[list[str]], list[dict]] | None = None) -> list[dict]:
@@ -176,17 +200,25 @@ def observation_keys() -> list[str]:
     return [f"obs:{col}:{stat}" for col in COLUMNS for stat in STATS]
 
 
-def values_from_outcome_sums(sums: np.ndarray) -> dict[str, np.ndarray]:
-    """Every clinical value (:func:`metric_keys` and :func:`observation_keys`; a per-observation
-    value is NaN where the observation is never positive) from outcome sums ``(..., 56)``."""
+def values_from_outcome_sums(sums: np.ndarray, support: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every clinical value (:func:`metric_keys` and :func:`observation_keys`, NaN where undefined) from
+    outcome sums ``(..., 56)``; ``support``: the whole sample's sums ``(56,)`` (see :func:`set_metrics`)."""
     sums = np.asarray(sums, dtype=np.float64)
     grid = sums.reshape(*sums.shape[:-1], len(COLUMNS), 4)
-    out = set_metrics(grid)
+    out = set_metrics(grid, None if support is None else np.asarray(support).reshape(len(COLUMNS), 4))
     per = per_observation(grid)
     for j, col in enumerate(COLUMNS):
         for stat in STATS:
-            out[f"obs:{col}:{stat}"] = np.where(per["defined"][..., j], per[stat][..., j], np.nan)
+            out[f"obs:{col}:{stat}"] = per[stat][..., j]
     return out
+
+
+def label_agreement(hyp_codes: np.ndarray, ref_codes: np.ndarray) -> np.ndarray:
+    """Per sample: the share of the observations either report mentions whose labels (1, 0, -1, not mentioned)
+    are the same in both; NaN where neither report mentions any observation."""
+    mentioned = (hyp_codes != NOT_MENTIONED) | (ref_codes != NOT_MENTIONED)
+    same = mentioned & (hyp_codes == ref_codes)
+    return _ratio(same.sum(axis=1).astype(np.float64), mentioned.sum(axis=1).astype(np.float64))
 
 
 def labels_string(codes: np.ndarray) -> list[str]:
@@ -199,13 +231,12 @@ def observation_table(sums: np.ndarray, point: dict, boot: dict | None, entry) -
     """The per-observation block of a summary: precision, recall, F1 (with intervals; None where
     undefined) and the counts of each observation, from outcome sums ``(56,)``."""
     grid = np.asarray(sums).reshape(len(COLUMNS), 4)
-    defined = per_observation(grid)["defined"]
     table = {}
     for j, col in enumerate(COLUMNS):
         row = {}
         for stat in STATS:
             key = f"obs:{col}:{stat}"
-            row[stat] = entry(point[key], boot[key] if boot else None) if defined[j] else None
+            row[stat] = entry(point[key], boot[key] if boot else None) if np.isfinite(point[key]) else None
         row["tp"], row["fp"], row["fn"], row["tn"] = (int(x) for x in grid[j])
         row["ref_positive"] = int(grid[j, 0] + grid[j, 2])
         row["hyp_positive"] = int(grid[j, 0] + grid[j, 1])
@@ -229,6 +260,7 @@ class Clinical(Metric):
         Column("ce_tn", "true-negative findings", kind="data"),
     )
     modes = (None, "pycocoevalcap", "radeval")
+    uses_support = True
 
     def unavailable(self, ctx: Context) -> str | None:
         if not ctx.clinical:
@@ -254,14 +286,15 @@ class Clinical(Metric):
         outcomes = outcome_counts(hc, rc, ctx.uncertain)  # (n, 14, 4)
         totals = outcomes.sum(axis=1)
         per_sample = {f"ce_{name}": totals[:, k] for k, name in enumerate(OUTCOMES)}
-        judged = totals.sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_sample["ce_agreement"] = np.where(judged > 0, (totals[:, 0] + totals[:, 3]) / judged, np.nan)
+        per_sample["ce_agreement"] = label_agreement(hc, rc)
         return Computed(stats=outcomes.reshape(ctx.n, len(COLUMNS) * 4), per_sample=per_sample,
                         hyp_labels=hc, ref_labels=rc)
 
-    def aggregate(self, sums: np.ndarray) -> dict[str, np.ndarray]:
-        return values_from_outcome_sums(sums)
+    def aggregate(self, sums: np.ndarray, support: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return values_from_outcome_sums(sums, support)
+
+    def key_columns(self, key: str) -> list[int]:
+        return [4 * COLUMNS.index(obs) + k for obs in key_observations(key) for k in range(4)]
 
     def signature(self, ctx: Context, available: bool) -> str:
         if not available:
@@ -269,10 +302,17 @@ class Clinical(Metric):
         return f"clin:{self._version(ctx)}+unc:{_POLICY_SHORT.get(ctx.uncertain, ctx.uncertain)}"
 
     def summary_block(self, keys, point, boot, stats, entry, ctx) -> dict:
+        grid = stats.sum(axis=0).reshape(len(COLUMNS), 4)
+        metrics = {}
+        for k in keys:  # each value with its support: reference and generated positives of its observations
+            idx = [COLUMNS.index(o) for o in key_observations(k)]
+            metrics[k] = {**entry(point[k], boot[k] if boot else None),
+                          "ref_positive": int(grid[idx, 0].sum() + grid[idx, 2].sum()),
+                          "hyp_positive": int(grid[idx, 0].sum() + grid[idx, 1].sum())}
         return {
             "labeler": self._version(ctx),
             "uncertain": ctx.uncertain,
             "sets": {k: list(v) for k, v in OBSERVATION_SETS.items()},
-            "metrics": {k: entry(point[k], boot[k] if boot else None) for k in keys},
+            "metrics": metrics,
             "per_observation": observation_table(stats.sum(axis=0), point, boot, entry),
         }

@@ -55,13 +55,28 @@ class Scores:
     ref_labels: np.ndarray | None = None
     context: Context | None = None
 
-    def from_sums(self, sums: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric value from column sums of ``stats``, shape ``(..., K)``."""
+    def from_sums(self, sums: np.ndarray, resampled: bool = False) -> dict[str, np.ndarray]:
+        """Every metric value from column sums of ``stats``, shape ``(..., K)``. ``resampled``: the sums are
+        bootstrap resamples of these samples (metrics that keep what they average over fixed get the whole
+        sample's sums as their support)."""
         sums = np.asarray(sums, dtype=np.float64)
+        whole = self.stats.sum(axis=0) if resampled else None
         out: dict[str, np.ndarray] = {}
         for m in self.metrics:
-            out.update({k: np.asarray(v) for k, v in m.aggregate(sums[..., self.cols[m.name]]).items()})
+            cols = self.cols[m.name]
+            values = m.aggregate(sums[..., cols], support=whole[cols]) if resampled and m.uses_support \
+                else m.aggregate(sums[..., cols])
+            out.update({k: np.asarray(v) for k, v in values.items()})
         return out
+
+    def key_columns(self, key: str) -> np.ndarray:
+        """Indices of the columns of ``stats`` that the corpus value ``key`` depends on."""
+        for m in self.metrics:
+            if key in self.keys[m.name]:
+                cols = np.arange(self.stats.shape[1])[self.cols[m.name]]
+                own = m.key_columns(key)
+                return cols if own is None else cols[own]
+        raise KeyError(key)
 
     def point(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.from_sums(self.stats.sum(axis=0)).items()}
