@@ -8,6 +8,7 @@ to the directory the command is run from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -195,10 +196,12 @@ CHOICES = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> Config:
-    """Defaults <- YAML file <- ``--set`` overrides <- non-None ``flags`` (dotted keys), then validated."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None,
+                **flags: Any) -> Config:
+    """Defaults (or ``base``, e.g. the settings a run was made with) <- YAML file <- ``--set`` overrides <- non-None
+    ``flags`` (dotted keys), then validated."""
+    raw: dict[str, Any] = copy.deepcopy(base.to_dict()) if base is not None else {}
+    source = "defaults" if base is None else "saved configuration"
     if path is not None:
         source = str(path)
         try:

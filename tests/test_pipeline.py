@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import pytest
 import yaml
 
 from cxrgen import runner, runstore
+from cxrgen.finishing import finish
+from cxrgen.runstore import ResultRow, RunStore
 from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
@@ -142,13 +145,12 @@ def model_image(path):
 
 
 def test_tricky_text_survives_the_csv(tmp_path):
-    rows = [{"id": "a,1", "image_path": "x", "reference": 'He said "no"\nnew line, comma', "generated_report": "é ✓ \r\n",
-             "status": "ok", "error": "", "n_new_tokens": 3, "stopped_at_eos": True, "seconds": 0.5}]
+    row = ResultRow(id="a,1", image_path="x", reference='He said "no"\nnew line, comma', generated_report="é ✓ \r\n",
+                    status="ok", error="", n_new_tokens=3, stopped_at_eos=True, seconds=0.5)
     part = runstore.PartFile(tmp_path / "p.csv")
-    part.append(rows)
-    back = part.read()
-    assert back.loc[0, "reference"] == rows[0]["reference"] and back.loc[0, "id"] == "a,1"
-    assert back.loc[0, "generated_report"] == rows[0]["generated_report"]
+    part.append([row])
+    (back,) = [ResultRow.from_record(r) for r in part.read().to_dict("records")]
+    assert back == row
 
 
 def test_a_start_that_committed_nothing_can_be_rerun_with_other_settings(tmp_path, tiny_dir, model, caplog):
@@ -187,19 +189,20 @@ def test_run_json_says_exactly_what_ran(tmp_path, tiny_dir, model):
     import hashlib
     assert data_file["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     (shard,) = info["shards"]
-    assert shard["host"] and shard["command"] and shard["started"] <= shard["finished"]
+    (start,) = shard["history"]
+    assert start["host"] and start["command"] and start["started"] <= start["finished"]
 
 
 def test_uncommitted_bytes_are_cut_on_recovery(tmp_path):
     part = runstore.PartFile(tmp_path / "p.csv")
-    row = {"id": "1", "image_path": "x", "reference": "r", "generated_report": "g", "status": "ok", "error": "",
-           "n_new_tokens": 1, "stopped_at_eos": False, "seconds": 0.1}
+    row = ResultRow(id="1", image_path="x", reference="r", generated_report="g", status="ok", error="",
+                    n_new_tokens=1, stopped_at_eos=False, seconds=0.1)
     part.append([row])
     with open(part.path, "ab") as f:  # a batch torn by a kill before its commit
         f.write(b'2,x,"r,half a ro')
     part.recover()
     assert list(part.read()["id"]) == ["1"]
-    part.append([{**row, "id": "2"}])
+    part.append([dataclasses.replace(row, id="2")])
     assert list(part.read()["id"]) == ["1", "2"]
 
 
@@ -263,7 +266,7 @@ def test_shards_merged_equal_one_run(tmp_path, tiny_dir, model):
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     # an explicit merge gives the same file again
     (tmp_path / "runs" / "sharded" / "reports.csv").unlink()
-    assert runner.merge(tmp_path / "runs" / "sharded") == 0
+    assert finish(RunStore(tmp_path / "runs" / "sharded")) == 0
     pd.testing.assert_frame_equal(b, reports(tmp_path / "runs" / "sharded"))
 
 
@@ -272,7 +275,7 @@ def test_merge_refuses_missing_studies(tmp_path, tiny_dir, model):
     cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "partial"))
     runner.generate(cfg, shard=(0, 2), model=model, progress=False)
     with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing"):
-        runner.merge(tmp_path / "runs" / "partial")
+        finish(RunStore(tmp_path / "runs" / "partial"))
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
@@ -295,7 +298,7 @@ def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, mod
     run_dir = tmp_path / "runs" / "redo"
     assert not (run_dir / "reports.csv").exists()  # shard 1 still holds the first run's rows: no merge
     with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing or from an earlier run"):
-        runner.merge(run_dir)
+        finish(RunStore(run_dir))
     assert runner.generate(second, shard=(1, 2), model=model, progress=False) == 0  # redoes shard 1, then merges
     fresh = load_config(make_config(tmp_path, tiny_dir, manifest, "fresh", generation__max_new_tokens=6))
     assert runner.generate(fresh, model=model, progress=False) == 0
@@ -328,7 +331,7 @@ def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch)
     manifest.unlink()  # the merge needs only the run directory
     (run_dir / "reports.csv").unlink()
     monkeypatch.chdir(tmp_path / "runs")
-    assert runner.merge(Path("m")) == 0
+    assert finish(RunStore(Path("m"))) == 0
     pd.testing.assert_frame_equal(before, reports(run_dir))
 
 

@@ -155,21 +155,22 @@ def test_part_file_round_trips_random_code_points(tmp_path):
     part = runstore.PartFile(tmp_path / "p.csv", "run")
     written = []
     for batch in range(12):
-        rows = [{"id": hostile_text(rng) or f"id{batch}-{i}", "image_path": hostile_text(rng),
-                 "reference": hostile_text(rng), "generated_report": hostile_text(rng), "status": "ok",
-                 "error": hostile_text(rng), "n_new_tokens": rng.randint(0, 600), "stopped_at_eos": rng.random() < .5,
-                 "seconds": rng.random()} for i in range(rng.randint(1, 9))]
+        rows = [runstore.ResultRow(id=hostile_text(rng) or f"id{batch}-{i}", image_path=hostile_text(rng),
+                                   reference=hostile_text(rng), generated_report=hostile_text(rng), status="ok",
+                                   error=hostile_text(rng), n_new_tokens=rng.randint(0, 600),
+                                   stopped_at_eos=rng.random() < .5, seconds=rng.random())
+                for i in range(rng.randint(1, 9))]
         assert part.append(rows) == len(rows)
         written += rows
     back = part.read()
     assert len(back) == len(written)
     for column in runstore.TEXT_COLUMNS:
-        assert list(back[column]) == [stored(r[column]) for r in written], column
-    assert list(back["n_new_tokens"]) == [r["n_new_tokens"] for r in written]
-    assert list(back["stopped_at_eos"]) == [r["stopped_at_eos"] for r in written]
+        assert list(back[column]) == [stored(getattr(r, column)) for r in written], column
+    for column in ("n_new_tokens", "stopped_at_eos", "seconds"):  # typed, exactly as written
+        assert list(back[column]) == [getattr(r, column) for r in written], column
     # Python's csv module reads the committed bytes to the same rows
     rows = list(csv.DictReader(io.StringIO(part.path.read_bytes()[:part.committed_length()].decode("utf-8"), newline="")))
-    assert [r["generated_report"] for r in rows] == [stored(r["generated_report"]) for r in written]
+    assert [r["generated_report"] for r in rows] == [stored(r.generated_report) for r in written]
 
 
 def test_run_merge_results_page_and_evaluation_reader_keep_every_character(tmp_path):
@@ -245,15 +246,17 @@ def test_a_part_that_does_not_read_back_stops_the_shard_non_zero(tmp_path, monke
         writer = csv.DictWriter(buffer, fieldnames=runstore.COLUMNS, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         if header:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([row.record() for row in rows])
         return buffer.getvalue().encode("utf-8")
 
-    monkeypatch.setattr(runstore, "rows_to_csv", minimal_quoting)
+    monkeypatch.setattr(runstore.parts, "rows_to_csv", minimal_quoting)
     with pytest.raises(runner.IncompleteShardError, match=r"shard-0-of-1\.csv.*do not read back"):
         runner.generate(cfg, model=HostileBackend(texts), progress=False)
     record = json.loads((tmp_path / "runs" / "broken" / "parts" / "shard-0-of-1.json").read_text())
     assert record["complete"] is False and "read back" in record["failure"]
     assert not (tmp_path / "runs" / "broken" / "reports.csv").exists()
+    part = runstore.PartFile(tmp_path / "runs" / "broken" / "parts" / "shard-0-of-1.csv")
+    assert part.path.stat().st_size > 0 and part.committed_length() == 0  # written, never committed
 
     # through the command line: exit 4, one line naming the part file
     import generate_cxr
