@@ -106,7 +106,7 @@ def _evaluate(rows, cfg: Config, store: RunStore):
                               seed=cfg.evaluation.seed, clinical=cfg.evaluation.clinical,
                               uncertain=cfg.evaluation.uncertain)
     except NothingToScoreError as e:
-        log.warning("%s: no metrics.json and no scores: %s", store.dir, e)
+        log.warning("%s: metrics.json and the scores are left out: %s", store.dir, e)
         return None
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -369,7 +370,34 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
         assert "resume" in err
     done_before = committed_rows(run_dir)
     assert 4 <= done_before < 16 and not (run_dir / "reports.csv").exists()
-    resume_and_compare(cfg_path, run_dir, expected, done_before)
+    lock = run_dir / "parts" / "shard-0-of-1.lock"
+    if how == "sigkill":  # the killed process's lock stays behind, naming it
+        assert json.loads(lock.read_text())["pid"] == proc.pid
+    result = resume_and_compare(cfg_path, run_dir, expected, done_before)
+    if how == "sigkill":  # ... and is taken over, with one line saying why
+        assert f"took over the lock shard-0-of-1.lock (process {proc.pid} is no longer running)" in result.stderr
+    else:
+        assert "took over" not in result.stderr
+    assert not lock.exists()  # given back at the end
+
+
+def test_a_second_process_on_the_same_shard_refuses_at_once_naming_the_first(tmp_path, tiny_dir, uninterrupted):
+    """The same command started twice: the second stops before touching anything, one line naming the first (exit
+    2), while the first goes on undisturbed to every study exactly once."""
+    manifest, expected = uninterrupted
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "twice", **SLOW)
+    run_dir = tmp_path / "runs" / "twice"
+    first = start_until_committed(cfg_path, run_dir, 2)
+    second = run_cli("--config", str(cfg_path))
+    assert first.poll() is None, "the first run ended before the second one was refused"
+    assert second.returncode == runner.EXIT_USAGE
+    (line,) = second.stderr.strip().splitlines()
+    assert f"shard 0/1 is in progress in another process (host {socket.gethostname()}, pid {first.pid}, since " in line
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), reports(run_dir).drop(columns="seconds"))
+    (shard,) = json.loads((run_dir / "run.json").read_text())["shards"]
+    assert [entry["pid"] for entry in shard["history"]] == [first.pid]  # the second left no trace
 
 
 def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_dir, uninterrupted):
@@ -447,13 +475,18 @@ def test_a_study_handed_back_twice_stops_the_run_before_it_is_committed(tmp_path
     assert list(rows["id"]) == ["S000", "S001"]
 
 
-def test_no_resume_with_the_same_settings_starts_over(tmp_path, tiny_dir, model):
+def test_no_resume_with_the_same_settings_starts_over(tmp_path, tiny_dir, model, caplog):
     manifest = write_manifest(tmp_path, 3)
     cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "again"))
     assert runner.generate(cfg, model=model, progress=False) == 0
     first = reports(tmp_path / "runs" / "again")
-    assert runner.generate(cfg, model=model, progress=False, resume=False) == 0
-    again = reports(tmp_path / "runs" / "again")  # generated anew (the timings differ), to the same reports
+    with caplog.at_level("INFO", logger="cxrgen"):
+        assert runner.generate(cfg, model=model, progress=False, resume=False) == 0
+    assert "3 in this shard, 0 already done, 3 to go" in caplog.text  # every study generated again
+    record = json.loads((tmp_path / "runs" / "again" / "parts" / "shard-0-of-1.json").read_text())
+    assert [entry["committed_before"] for entry in record["history"]] == [0]  # the earlier start is forgotten
+    assert "already finished" not in caplog.text
+    again = reports(tmp_path / "runs" / "again")  # generated anew, to the same reports
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), first.drop(columns="seconds"))
 
 

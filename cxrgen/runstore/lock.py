@@ -189,12 +189,9 @@ class FileLock:
         holder = Holder.parse(data)
         reason = stale_reason(holder, age, self.stale_after)
         if reason is None:
-            if holder is None:
-                raise LockHeldError(f"{self.what}: locked by another process ({self.path} is being written); "
-                                    "not started")
-            raise LockHeldError(f"{self.what}: locked by another process ({holder.describe()}, last heartbeat "
-                                f"{age:.0f} s ago); not started. A dead holder's lock is taken over once it is seen "
-                                f"to be dead (see ENVIRONMENT.md), or delete {self.path}")
+            who = f"{holder.describe()}; last heartbeat {age:.0f} s ago" if holder else f"{self.path} being written"
+            raise LockHeldError(f"{self.what} is in progress in another process ({who}). A dead holder's lock is "
+                                f"taken over once it is seen to be dead (ENVIRONMENT.md), or delete {self.path}")
         grave = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex}")
         try:
             os.rename(self.path, grave)

@@ -83,6 +83,7 @@ class PartFile:
 
     def snapshot(self) -> bytes:
         """The committed bytes, read consistently while a writer may be appending (see the module docstring)."""
+        short = None
         for _ in range(_ATTEMPTS):
             before = self.marker()
             length = self._counted(before)
@@ -95,10 +96,12 @@ class PartFile:
                 data = b""
             if self.marker() != before:  # committed or started over meanwhile: read again
                 continue
-            if len(data) < length:
-                raise RunError(f"{self.path}: shorter ({len(data)} bytes) than its committed length ({length}): "
-                               "damaged")
+            if len(data) < length:  # replaced between the two reads of the marker, or damaged: read again to tell
+                short = len(data)
+                continue
             return data
+        if short is not None:
+            raise RunError(f"{self.path}: shorter ({short} bytes) than its committed length ({length}): damaged")
         raise RunError(f"{self.path}: its commit marker changed on each of {_ATTEMPTS} reads")
 
     def read(self) -> pd.DataFrame:
