@@ -24,8 +24,8 @@ from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
-from helpers import (committed_rows, make_config, reports, resume_and_compare, run_cli, start_until_committed,
-                     write_manifest)
+from helpers import (ScriptedBackend, committed_rows, make_config, reports, resume_and_compare, run_cli,
+                     start_until_committed, write_manifest)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
@@ -287,6 +287,21 @@ def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
         runner.generate(other, model=model, progress=False)
     assert runner.generate(other, model=model, progress=False, resume=False) == 0
     assert (reports(tmp_path / "runs" / "r")["n_new_tokens"] <= 10).all()
+
+
+def test_a_resume_where_auto_resolves_to_another_dtype_is_refused(tmp_path, monkeypatch):
+    """model.dtype auto is bfloat16 on a GPU and float32 on the CPU: a run begun on a GPU node is not resumed on a
+    CPU node, whatever the settings file says."""
+    manifest = write_manifest(tmp_path, 3)
+    cfg = load_config(make_config(tmp_path, tmp_path / "unused", manifest, "moved", model__device="auto"))
+    with monkeypatch.context() as gpu_node:
+        gpu_node.setattr("torch.cuda.is_available", lambda: True)
+        assert runner.generate(cfg, model=ScriptedBackend(), progress=False) == 0
+    saved = json.loads((tmp_path / "runs" / "moved" / "parts" / "run-config.json").read_text())
+    assert saved["model_identity"]["model.dtype"] == "bfloat16" and saved["model_identity"]["model.device_kind"] == "cuda"
+    with pytest.raises(runner.SettingsChangedError,
+                       match=r"started with other settings \(model\.dtype, model\.device_kind\)"):
+        runner.generate(cfg, model=ScriptedBackend(), progress=False)
 
 
 def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, model):

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest, hub_offline,
-                   static_batches)
+                   placement, static_batches)
 
 __all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "NotInCacheError", "ReportGenerator", "download",
            "identity", "load",
@@ -86,8 +86,9 @@ def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
 def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
     """What decides the reports beyond the settings themselves, found without loading any weight: the backend that
     runs them (``backend`` when the caller already has one, else resolved), the checkpoint itself (its Hub commit,
-    or for a local folder a digest of its config and weight index; None when it cannot be found yet) and the
-    content digest of the adapter, if any. A resumed run refuses a checkpoint or adapter whose files changed."""
+    or for a local folder a digest of its config and weight index; None when it cannot be found yet), the content
+    digest of the adapter, if any, and the device kind and dtype ``auto`` resolves to here. A resumed run refuses a
+    checkpoint or adapter whose files changed, and a machine on which the run would compute in another dtype."""
     backend = backend or resolve_backend(model_cfg)
     checkpoint = None
     if backend in BACKENDS:
@@ -102,7 +103,8 @@ def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
         from .adapters import adapter_digest
 
         digest = adapter_digest(model_cfg)
-    return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest}
+    return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest,
+            **placement(model_cfg)}
 
 
 def load(model_cfg) -> ReportGenerator:

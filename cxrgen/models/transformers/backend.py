@@ -478,7 +478,7 @@ def _dtype_keyword() -> str:
 
 
 def load(model_cfg) -> TransformersBackend:
-    from ..cxr_llava.modeling import resolve_device, resolve_dtype
+    from ..base import resolve_device, resolve_dtype
 
     folder, commit = resolve(model_cfg)
     raw = _read_config(folder)
