@@ -18,6 +18,7 @@ run whose outputs are already those of its current rows and settings (run.json s
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 from .config import Config
@@ -58,6 +59,7 @@ def finish(store: RunStore, settings: Config | None = None) -> int:
     finishes the run, :class:`RunError` when a study has no row or more than one."""
     cfg = finishing_config(store, settings)
     with store.merge_lock():
+        clock = _Clock()
         store.clean_outputs()
         merged = store.merged_rows()
         rows = merged.rows
@@ -70,9 +72,11 @@ def finish(store: RunStore, settings: Config | None = None) -> int:
             log.info("%s: already finished with these rows and settings at %s; nothing to do", store.dir,
                      done.get("finished"))
             return code
+        clock.lap("merge")
         evaluation = _evaluate(rows, cfg, store)
         report = rows if evaluation is None else rows.join(
             evaluation.per_sample.drop(columns=["id", "empty_hyp"], errors="ignore"))
+        clock.lap("evaluate")
         written = ["reports.csv"]
         _write_reports(store, report)
         if evaluation is not None:
@@ -82,19 +86,35 @@ def finish(store: RunStore, settings: Config | None = None) -> int:
             written.append("metrics.json")
         else:
             store.output("metrics.json").unlink(missing_ok=True)
+        clock.lap("reports.csv and metrics.json")
         run_info = _run_info(store, cfg, merged, n_error, state)
+        clock.lap("provenance")
         if cfg.output.html:
             _write_page(store, cfg, report, evaluation, run_info)
             written.append("report.html")
         else:
             store.output("report.html").unlink(missing_ok=True)
-        run_info["finishing"]["written"] = written + ["run.json"]
+        clock.lap("report.html")
+        run_info["finishing"].update(written=written + ["run.json"], seconds=clock.laps)
         write_json(store.output("run.json"), run_info)
     log.info("merged %d studies into %s (%d ok, %d error)%s", len(rows), store.output("reports.csv"),
              len(rows) - n_error, n_error, "" if evaluation is None else f"; metrics in {store.output('metrics.json')}")
     if evaluation is not None:
         log.info("%s", _headline(evaluation.summary))
     return code
+
+
+class _Clock:
+    """Seconds spent in each phase of the finishing step, for run.json (where the time goes)."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(now - self._last, 4)
+        self._last = now
 
 
 def _evaluate(rows, cfg: Config, store: RunStore):

@@ -311,6 +311,24 @@ def test_meteor_unavailable_without_download(monkeypatch):
         assert "meteor" not in ev.summary["metrics"] and "meteor:none" in ev.signature
 
 
+def test_the_wordnet_lookup_without_nltk_searches_where_nltk_does(tmp_path, monkeypatch):
+    """METEOR's availability is decided without importing NLTK when no WordNet corpus is in any folder NLTK
+    searches: those folders must be NLTK's own, and a corpus in one of them must be seen."""
+    import nltk
+
+    from cxrgen.metrics import meteor
+
+    assert meteor._wordnet_folders() == nltk.data.path
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path))
+    found_before = meteor._wordnet_may_be_installed()
+    (tmp_path / "corpora" / "wordnet").mkdir(parents=True)
+    assert meteor._wordnet_may_be_installed()
+    if not found_before:  # and without one, NLTK itself finds none either
+        monkeypatch.setattr(nltk.data, "path", meteor._wordnet_folders()[1:])
+        with pytest.raises(LookupError):
+            nltk.data.find("corpora/wordnet")
+
+
 # --- runner API ----------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ single HTML file that needs no server and no network:
   (:mod:`cxrgen.evaluation.tables`: ``0.1235 [0.1000, 0.1500]``), the difference to the baseline
   with its p-value, and one-click links to each system's worst studies. The metrics, their order,
   names and directions come from the metric registry (:mod:`cxrgen.metrics.registry`).
-* **Plots** (matplotlib, embedded PNG): per-sample score distributions per system and metric,
+* **Plots** (SVG written by :mod:`cxrgen.report.plots`): per-sample score distributions per system and metric,
   per-observation clinical F1 with intervals, and the paired differences against the baseline.
 * **Study browser**: per study the X-ray thumbnail, the reference, every system's generated report
   with the words it shares with the reference marked, the per-sample scores, and the labeler's
