@@ -56,6 +56,21 @@ def test_rows_that_do_not_read_back_are_left_uncommitted(tmp_path, monkeypatch):
     assert part.committed_length() == before and list(part.read()["id"]) == ["S001"]  # ... and not committed
 
 
+def test_a_crash_at_any_step_of_a_commit_leaves_the_rows_before_it_or_after_it(tmp_path, monkeypatch):
+    part = PartFile(tmp_path / "shard-0-of-1.csv", "run")
+    part.append([row(1)])
+    crashes = 0
+    for _ in crash_points(monkeypatch, lambda: part.append([row(2)])):  # dies writing the marker, before its
+        crashes += 1                                                   # fsync, its rename, the folder's fsync
+        assert list(part.read()["id"]) in (["S001"], ["S001", "S002"])
+        part.recover()  # what the next start does
+        if len(part.read()) == 2:
+            break
+    assert crashes >= 3 and list(part.read()["id"]) == ["S001", "S002"]
+    part.append([row(3)])  # and the part goes on
+    assert list(part.read()["id"]) == ["S001", "S002", "S003"]
+
+
 def test_a_part_without_a_marker_has_no_rows(tmp_path):
     part = PartFile(tmp_path / "shard-0-of-1.csv", "run")
     part.path.write_bytes(rows_to_csv([row(1)], header=True))
