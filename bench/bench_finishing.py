@@ -60,7 +60,8 @@ def build_run(folder: Path, n: int) -> Path:
     store = RunStore(cfg.run_dir)
     plan = RunPlan(cfg, (0, 1), None, ids)
     with store.shard_lock((0, 1)) as lock:
-        writer = store.open_shard(plan, store.begin(plan, resume=True), lock)
+        store.begin(plan, resume=True)
+        writer = store.open_shard(plan, lock)
         writer.note_model({"backend": "bench", "source": "none", "device": "cpu"}, "prompt")
         for start in range(0, n, 256):
             writer.append(rows[start:start + 256])

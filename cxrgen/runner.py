@@ -218,7 +218,7 @@ def _generate(cfg, store: RunStore, lock, shard, resume, limit, model, progress,
     if not resume:
         store.start_over(shard)
     run_id = store.begin(plan, resume)
-    writer = store.open_shard(plan, run_id, lock)
+    writer = store.open_shard(plan, lock)
     done_ids = set(writer.committed()[COL.id])
     todo = [s for s in studies if s.id not in done_ids]
     log.info("run %s (id %s), shard %d/%d: %s; %d in this shard, %d already done, %d to go",

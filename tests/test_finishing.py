@@ -36,13 +36,13 @@ def _json(path: Path) -> dict:
 
 
 def test_an_all_error_run_writes_every_error_row_and_exits_3(tmp_path, caplog):
-    cfg_path = _config(tmp_path, 4, broken={i: str(tmp_path / "missing.png") for i in range(4)})
+    cfg_path = _config(tmp_path, 4, broken={i: str(tmp_path / "missing.png") for i in range(4)}, output__html=True)
     with caplog.at_level("INFO", logger="cxrgen"):
         assert _generate(cfg_path) == runner.EXIT_ROW_ERRORS
     run_dir = tmp_path / "runs" / "run"
     rows = reports(run_dir)
     assert list(rows["status"]) == ["error"] * 4 and rows["error"].str.contains("missing.png").all()
-    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "metrics.json").exists() and "missing.png" in (run_dir / "report.html").read_text()
     (line,) = [r.message for r in caplog.records if "metrics.json" in r.message]
     assert line.startswith(f"{run_dir}: metrics.json and the scores are left out")
     assert line.endswith("no row can be scored (4 rows, 4 with status error, 0 with an empty reference)")

@@ -233,7 +233,8 @@ def test_the_merge_refuses_an_id_present_twice_even_with_different_rows(tmp_path
     for shard, rows in parts.items():
         plan = RunPlan(cfg, shard, None, ids)
         with store.shard_lock(shard) as lock:
-            writer = store.open_shard(plan, store.begin(plan, resume=True), lock)
+            store.begin(plan, resume=True)
+            writer = store.open_shard(plan, lock)
             writer.append(rows)
             writer.end(ids[shard[0]::2], None)
     with pytest.raises(RunError, match="ids present more than once across the parts: S002"):

@@ -200,9 +200,11 @@ class RunStore:
         """What shard ``shard`` ran on and its history (module docstring); None before it started."""
         return read_json(self._record_path(shard))
 
-    def open_shard(self, plan: RunPlan, run_id: str, lock: FileLock) -> "ShardWriter":
-        """The shard's part cut back to its committed rows, and a new entry in its history. ``lock``: the shard's
-        lock, held by the caller."""
+    def open_shard(self, plan: RunPlan, lock: FileLock) -> "ShardWriter":
+        """After :meth:`begin`: the shard's part cut back to its committed rows, and a new entry in its history.
+        ``lock``: the shard's lock, which the caller holds."""
+        lock.verify()
+        run_id = plan.run_id
         for path in (self._record_path(plan.shard), self.part_path(plan.shard).with_suffix(".committed")):
             remove_temporaries(path)
         part = PartFile(self.part_path(plan.shard), run_id)
