@@ -5,12 +5,14 @@ transformers image-text-to-text model); write reports.csv, metrics.json, run.jso
   python generate_cxr.py --config configs/demo.yaml            # CPU demo, tiny random model
   python generate_cxr.py --config config.yaml --shard 0/4      # one of four shards (Slurm sets it itself)
   python generate_cxr.py --merge runs/cxr-llava-v2_iu-xray_test  # merge finished shards
+  python generate_cxr.py --merge RUN_DIR --set evaluation.bootstrap=200   # evaluate a finished run again
   python generate_cxr.py --download-model                      # once, on a machine with internet
   python generate_cxr.py --make-split --set data.root=/data/iu # IU X-ray Kaggle download: write its split files
 
-Exit codes: 0 all studies ok; 3 finished, some studies are error rows; 2 bad configuration or input;
-4 the shard could not commit every row (the message says why); 75 stopped by SIGTERM/SIGUSR1 after saving its
-work, 130 stopped by Ctrl-C after saving its work (run the same command to resume); 1 a crash (traceback).
+Exit codes: 0 all studies ok; 3 finished, some studies are error rows; 2 bad configuration or input, or another
+process is working on the same shard or merge (the line names it); 4 the shard could not commit every row (the
+message says why); 75 stopped by SIGTERM/SIGUSR1 after saving its work, 130 stopped by Ctrl-C after saving its work
+(run the same command to resume); 1 a crash (traceback).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from cxrgen import runner
 from cxrgen.config import ConfigError, load_config
 from cxrgen.datasets import DatasetError, MissingSplitError
 from cxrgen.evaluation import EvaluationInputError
+from cxrgen.finishing import finish
 from cxrgen.models import ModelError, NotInCacheError
+from cxrgen.runstore import RunStore
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="config.yaml", help="YAML configuration (default: config.yaml)")
+    p.add_argument("--config", help="YAML configuration (default: config.yaml; with --merge: the run's own settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any configuration key, e.g. --set generation.batch_size=16 (repeatable)")
     p.add_argument("--limit", type=int, help="only the first N selected studies")
@@ -40,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard", help="i/n: run shard i of n (default: from SLURM_ARRAY_TASK_ID/COUNT, else 0/1)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip studies already done in this run directory (default); --no-resume starts over")
-    p.add_argument("--merge", metavar="RUN_DIR", help="merge the finished shards of RUN_DIR and exit")
+    p.add_argument("--merge", metavar="RUN_DIR",
+                   help="merge the finished shards of RUN_DIR, evaluate and write its results (again), then exit; "
+                        "--set evaluation.* and output.html change how, other settings must be the run's")
     p.add_argument("--download-model", action="store_true",
                    help="download the configured checkpoint into the Hugging Face cache and exit")
     p.add_argument("--make-split", action="store_true",
@@ -56,8 +62,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         if args.merge:
-            return runner.merge(args.merge)
-        cfg = load_config(args.config, args.overrides, **{
+            return merge(args)
+        cfg = load_config(args.config or "config.yaml", args.overrides, **{
             "model.device": args.device, "generation.batch_size": args.batch_size,
             "output.dir": args.output_dir, "output.run_name": args.run_name,
         })
@@ -85,6 +91,13 @@ def main(argv=None) -> int:
         hint = " (--no-resume)" if isinstance(e, runner.SettingsChangedError) else fetch_hint(e) or split_hint(e)
         print(f"error: {e}{hint}", file=sys.stderr)  # each names its file, key or setting
         return runner.EXIT_USAGE
+
+
+def merge(args: argparse.Namespace) -> int:
+    """--merge RUN_DIR: finish the run with its own settings, or those of --config, with --set laid over them."""
+    store = RunStore(args.merge)
+    cfg = load_config(args.config, args.overrides, base=None if args.config else store.saved_config())
+    return finish(store, cfg)
 
 
 def make_split(cfg, force: bool) -> int:

@@ -8,6 +8,7 @@ to the directory the command is run from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -186,11 +187,9 @@ class Config:
 
 
 CHOICES = {
-    "model.backend": ("auto", "cxr_llava", "transformers"),
     "model.dtype": ("auto", "bfloat16", "float16", "float32"),
     "model.quantization": ("none", "8bit", "4bit"),
     "generation.cuda_graphs": ("auto", "on", "off"),
-    "data.format": ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest"),
     "data.split": ("train", "val", "validate", "test", "all"),
     "data.views": ("frontal", "all"),
     "data.reference": ("findings", "impression", "findings+impression"),
@@ -198,10 +197,20 @@ CHOICES = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> Config:
-    """Defaults <- YAML file <- ``--set`` overrides <- non-None ``flags`` (dotted keys), then validated."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
+def choices() -> dict[str, tuple]:
+    """The allowed values of every setting with a fixed set; backends and dataset formats are those registered
+    (:data:`cxrgen.models.BACKENDS`, :data:`cxrgen.datasets.ADAPTERS`)."""
+    from cxrgen import datasets, models
+
+    return {**CHOICES, "model.backend": ("auto", *models.BACKENDS), "data.format": tuple(datasets.ADAPTERS)}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None,
+                **flags: Any) -> Config:
+    """Defaults (or ``base``, e.g. the settings a run was made with) <- YAML file <- ``--set`` overrides <- non-None
+    ``flags`` (dotted keys), then validated."""
+    raw: dict[str, Any] = copy.deepcopy(base.to_dict()) if base is not None else {}
+    source = "defaults" if base is None else "saved configuration"
     if path is not None:
         source = str(path)
         try:
@@ -324,7 +333,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
@@ -351,12 +360,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"loader.percentile_window must be [low, high] with 0 <= low < high <= 100; got {window!r}")
     if not cfg.output.run_name or "/" in cfg.output.run_name:
         raise ConfigError(f"output.run_name must be a plain folder name; got {cfg.output.run_name!r}")
-    if cfg.data.format == "manifest" and not cfg.data.manifest:
-        raise ConfigError("data.manifest must name a CSV or JSONL file when data.format is manifest")
-    if cfg.data.format != "manifest" and not cfg.data.root:
-        from cxrgen.datasets.common import layout_hint
+    from cxrgen.datasets import adapter
 
-        raise ConfigError(
-            f"data.root must name the dataset folder when data.format is {cfg.data.format}: "
-            f"{layout_hint(cfg.data.format)}"
-        )
+    layout = adapter(cfg.data.format).LAYOUT
+    if not getattr(cfg.data, layout.source):
+        what = "name the dataset folder" if layout.source == "root" else "be set"
+        raise ConfigError(f"data.{layout.source} must {what} when data.format is {cfg.data.format}: {layout.hint()}")

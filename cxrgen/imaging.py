@@ -70,11 +70,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps
-from pydicom import uid as dicom_uid
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi
 
 __all__ = ["ImageReadError", "SUPPORTED_SUFFIXES", "detect_format", "read_image"]
 
@@ -298,10 +294,12 @@ def _describe(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# DICOM through pydicom
+# DICOM through pydicom (imported on the first DICOM file: importing it takes a third of a second)
 
 
 def _read_dicom(path: Path, max_pixels: int, percentile_window, has_preamble: bool) -> Image.Image:
+    import pydicom
+
     with warnings.catch_warnings(record=True) as caught:
         # pydicom also logs these; they are kept to explain a failure.
         warnings.simplefilter("always")
@@ -322,6 +320,8 @@ def _read_dicom(path: Path, max_pixels: int, percentile_window, has_preamble: bo
 
 
 def _dicom_to_l(path: Path, ds, max_pixels: int, percentile_window, has_preamble: bool, notes: str) -> Image.Image:
+    from pydicom import uid as dicom_uid
+
     def fail(reason: str) -> ImageReadError:
         return ImageReadError(path, f"DICOM: {reason}" + (f" [pydicom: {notes}]" if notes else ""))
 
@@ -391,6 +391,8 @@ def _dicom_colour(path: Path, ds, arr: np.ndarray, percentile_window) -> np.ndar
 
 
 def _dicom_monochrome(path: Path, ds, arr: np.ndarray, percentile_window, invert: bool) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
     if arr.ndim != 2:
         raise ImageReadError(path, f"DICOM: monochrome image has unexpected pixel array shape {arr.shape}")
     _check_finite(path, arr)
@@ -463,6 +465,8 @@ def _first_window(path: Path, ds) -> tuple[float, float, str] | None:
 
 
 def _is_multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
     return isinstance(value, (list, tuple, MultiValue))
 
 

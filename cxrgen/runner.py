@@ -1,19 +1,18 @@
 """The report-generation run: studies in, one report per study out, resumable and shardable.
 
-The run directory's files and the crash-safe part files are defined in :mod:`cxrgen.runstore`. The runner knows no
-model by name: it loads one through :func:`cxrgen.models.load` and talks to it through the interface of
+The runner keeps generation: it selects the studies, takes the shard's lock, resumes after what is committed, feeds
+the studies to the backend and commits the rows as they finish, and stops cleanly on a signal. The run directory —
+settings, parts, records, locks — belongs to :class:`cxrgen.runstore.RunStore`; when the last shard is done the
+runner hands the run to :func:`cxrgen.finishing.finish` (merge, evaluation, results page). The runner knows no model
+by name: it loads one through :func:`cxrgen.models.load` and talks to it through the interface of
 :mod:`cxrgen.models.base` (an image preparer that runs in DataLoader workers, and a stream of prepared studies in,
 finished reports out).
 
 Crash safety: finished rows are appended to the shard's part file, read back and committed as they come (see
-runstore). A process killed at any moment leaves a part whose committed prefix holds whole rows only; on resume the
-part is cut back to that length, the ids in it are skipped and the rest is generated again. At most the rows in
-flight are lost and no row is ever duplicated or torn.
-
-The run id is a digest of the settings that decide the reports, the number of shards and the selected ids. Parts
-and shard records of another run id (an earlier run in the same folder, e.g. before ``--no-resume``) are never
-resumed from nor merged. A run folder whose earlier start committed no row at all may be started again with other
-settings: there is nothing to protect.
+:mod:`cxrgen.runstore.parts`). A process killed at any moment leaves a part whose committed prefix holds whole rows
+only; on resume the part is cut back to that length, the ids in it are skipped and the rest is generated again. At
+most the rows in flight are lost and no row is ever duplicated or torn. Only the process holding the shard's lock
+writes its part; a second one stops before touching anything.
 
 SIGTERM and SIGUSR1 (what Slurm sends before preemption or the time limit) and SIGINT (Ctrl-C) stop feeding new
 studies to the model; the studies in flight are finished and committed, and the run returns EXIT_INTERRUPTED
@@ -24,54 +23,32 @@ signals, so a signal to the whole process group does not break the rows in fligh
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import platform
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-import pandas as pd
-
-from . import __version__
-from . import runstore
 from .config import Config
 from .datasets import Selection, Study, load_studies
+from .exits import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_SIGINT, EXIT_USAGE  # noqa: F401
+from .finishing import finish
 from .models import Item, ModelError, identity
-from .runstore import PartFile, RunError, read_reports_csv
+from .provenance import data_files, versions
+from .runstore import COL, LockHeldError, ResultRow, RunError, RunPlan, RunStore, SettingsChangedError, ShardWriter
 from .threads import allotted_cpus, configure_threads
 
 log = logging.getLogger("cxrgen")
 
-EXIT_OK = 0
-EXIT_ROW_ERRORS = 3  # the run finished but some studies have status=error (1 is Python's own crash code)
-EXIT_USAGE = 2  # bad configuration or input: nothing was generated
-EXIT_INCOMPLETE = 4  # the shard could not commit every row (e.g. rows that did not read back); the message says why
-EXIT_INTERRUPTED = 75  # stopped by SIGTERM/SIGUSR1 after committing its work; run again to resume
-EXIT_SIGINT = 130  # stopped by Ctrl-C after committing its work; run again to resume
-
-#: Settings that change the reports: a resumed or merged run must have the same values (model.backend resolved).
-RUN_DEFINING = ["model.backend", "model.name_or_path", "model.revision", "model.dtype", "model.adapter",
-                "model.quantization", "model.trust_remote_code", "prompt.system", "prompt.user",
-                "generation.max_new_tokens", "generation.temperature", "generation.top_p", "generation.seed",
-                "generation.batch_invariant", "data", "loader.max_pixels", "loader.percentile_window"]
+__all__ = ["EXIT_INCOMPLETE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_ROW_ERRORS", "EXIT_SIGINT", "EXIT_USAGE",
+           "IncompleteShardError", "RunError", "SettingsChangedError", "generate", "parse_shard", "select_studies",
+           "shard_studies", "study_seed"]
 
 
 class IncompleteShardError(RunError):
     """A shard that ended without committing every one of its studies; the message says why."""
-
-
-class SettingsChangedError(RunError):
-    """A run folder with committed rows of other settings: resuming would mix reports."""
 
 
 # -- shards ------------------------------------------------------------------------------------------------------
@@ -202,67 +179,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _defining(cfg: Config, model_identity: dict | None = None) -> dict:
-    """The run-defining settings, with the model's identity (resolved backend, adapter digest) laid over them."""
-    d = cfg.to_dict()
-    out = {}
-    for key in RUN_DEFINING:
-        section, _, name = key.partition(".")
-        out[key] = d[section][name] if name else d[section]
-    out.update({k: v for k, v in (model_identity or {}).items() if v is not None})
-    return out
-
-
-def run_id_of(cfg: Config, shards: int, limit: int | None, ids: list[str], model_identity: dict | None = None) -> str:
-    """A digest of what decides the reports: settings, model identity, number of shards, --limit, selected ids."""
-    digest = hashlib.sha256(json.dumps({"settings": _defining(cfg, model_identity), "shards": shards, "limit": limit},
-                                       sort_keys=True, default=str).encode())
-    for study_id in ids:
-        digest.update(study_id.encode("utf-8") + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def _committed_rows_of(run_dir: Path, run_id: str, shards: int) -> bool:
-    """Whether any shard part of run ``run_id`` holds a committed row."""
-    for i in range(shards):
-        part = PartFile(runstore.part_path(run_dir, (i, shards)), run_id)
-        if part.path.exists() and len(part.read()):
-            return True
-    return False
-
-
-def _start_run(run_dir: Path, cfg: Config, shard: tuple[int, int], resume: bool, limit: int | None,
-               selection: Selection, model_identity: dict) -> str:
-    """Record the run's settings and selection on first start; refuse to resume under different ones."""
-    ids = [s.id for s in selection.studies]
-    run_id = run_id_of(cfg, shard[1], limit, ids, model_identity)
-    path = runstore.run_config_path(run_dir)
-    saved = runstore.read_json(path) if resume else None
-    if saved is not None:
-        if saved.get("run_id") == run_id:
-            return run_id
-        if _committed_rows_of(run_dir, saved.get("run_id", ""), int(saved.get("shards") or 0)):
-            saved_cfg = Config.from_dict(saved["config"])
-            before = _defining(saved_cfg, saved.get("model_identity"))
-            diff = [k for k, v in _defining(cfg, model_identity).items() if before.get(k) != v]
-            if saved.get("shards") != shard[1]:
-                diff.append(f"number of shards ({saved.get('shards')} before)")
-            if saved.get("limit") != limit:
-                diff.append(f"the limit on the number of studies ({saved.get('limit')} before)")
-            if not diff:
-                diff.append("the selected studies")
-            raise SettingsChangedError(
-                f"{run_dir}: started with other settings ({', '.join(diff)}); resuming would mix reports. "
-                "Use another output.run_name, or start this run over without resuming"
-            )
-        log.info("%s: an earlier start with other settings committed no row; its records are replaced", run_dir)
-    runstore.atomic_write(runstore.selection_path(run_dir), json.dumps(ids).encode())
-    runstore.write_json(path, {"run_id": run_id, "model_identity": model_identity, "config": cfg.to_dict(),
-                               "limit": limit, "shards": shard[1], "dataset_counts": selection.counts,
-                               "data_files": data_files(cfg)})
-    return run_id
-
-
 def select_studies(cfg: Config, limit: int | None = None) -> Selection:
     selection = load_studies(cfg.data)
     if limit is not None:
@@ -270,155 +186,98 @@ def select_studies(cfg: Config, limit: int | None = None) -> Selection:
     return selection
 
 
-def data_files(cfg: Config) -> list[dict]:
-    """sha256 and row count of the data files that decide the selection: the manifest, or the tables (CSV, JSON)
-    at the top of data.root and the reports/projections tables named in the config."""
-    d = cfg.data
-    paths: list[Path] = []
-    if d.format == "manifest" and d.manifest:
-        paths.append(Path(d.manifest))
-    elif d.root and Path(d.root).is_dir():
-        paths += sorted(p for p in Path(d.root).iterdir()
-                        if p.is_file() and p.name.endswith((".csv", ".csv.gz", ".json", ".jsonl")))
-    paths += [Path(p) for p in (d.reports, d.projections) if p]
-    out = []
-    for path in dict.fromkeys(paths):
-        if not path.is_file():
-            continue
-        digest, lines = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-                lines += block.count(b"\n")
-        out.append({"path": str(path.resolve()), "sha256": digest.hexdigest(), "lines": lines})
-    return out
-
-
-def versions() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    return {"cxrgen": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cuda": torch.version.cuda}
-
-
-def project_commit() -> dict[str, Any]:
-    """The project's git commit and whether its tracked files had local changes; the version outside git."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        if commit.returncode == 0:
-            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10)
-            return {"commit": commit.stdout.strip(), "local_changes": bool(status.stdout.strip()),
-                    "version": __version__}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"commit": None, "local_changes": None, "version": __version__}
-
-
-def _shard_record(run_dir: Path, shard: tuple[int, int]) -> dict | None:
-    return runstore.read_json(runstore.shard_record_path(run_dir, shard))
-
-
 def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = True, limit: int | None = None,
              model=None, progress: bool = True) -> int:
-    """Run (or resume) shard ``shard`` of the configured run; merge when every shard is done. Returns an exit code.
+    """Run (or resume) shard ``shard`` of the configured run; finish the run when every shard is done. Returns an
+    exit code (:mod:`cxrgen.exits`).
 
     ``model``: an already loaded backend (a :class:`cxrgen.models.ReportGenerator`); default: load ``cfg.model``.
     """
     with _StopFlag() as stop:  # from the start: a signal during a long model load must not kill the process
-        return _generate(cfg, shard, resume, limit, model, progress, stop)
+        store = RunStore(cfg.run_dir)
+        with store.shard_lock(shard) as lock:  # another process on this shard: LockHeldError, nothing touched
+            return _generate(cfg, store, lock, shard, resume, limit, model, progress, stop)
 
 
-def _error_row(study: Study, error: str) -> dict:
-    return {"id": study.id, "image_path": study.image_paths[0], "reference": study.reference,
-            "generated_report": "", "status": "error", "error": error, "n_new_tokens": 0,
-            "stopped_at_eos": False, "seconds": 0.0}
+def _error_row(study: Study, error: str) -> ResultRow:
+    return ResultRow(id=study.id, image_path=study.image_paths[0], reference=study.reference, generated_report="",
+                     status="error", error=error, n_new_tokens=0, stopped_at_eos=False, seconds=0.0)
 
 
-def _report_row(study: Study, report, seconds: float) -> dict:
-    return {"id": study.id, "image_path": study.image_paths[0], "reference": study.reference,
-            "generated_report": report.text, "status": "ok", "error": "", "n_new_tokens": report.n_new_tokens,
-            "stopped_at_eos": report.stopped_at_eos, "seconds": round(seconds, 4)}
+def _report_row(study: Study, report, seconds: float) -> ResultRow:
+    return ResultRow(id=study.id, image_path=study.image_paths[0], reference=study.reference,
+                     generated_report=report.text, status="ok", error="", n_new_tokens=report.n_new_tokens,
+                     stopped_at_eos=report.stopped_at_eos, seconds=round(seconds, 4))
 
 
-def _generate(cfg, shard, resume, limit, model, progress, stop: "_StopFlag") -> int:
-    started = datetime.now(timezone.utc)
-    run_dir = cfg.run_dir
+def _generate(cfg, store: RunStore, lock, shard, resume, limit, model, progress, stop: "_StopFlag") -> int:
     selection = select_studies(cfg, limit)
     studies = shard_studies(selection.studies, shard)
-    model_identity = identity(cfg.model, getattr(model, "name", None))
-    (run_dir / "parts").mkdir(parents=True, exist_ok=True)
-    run_id = _start_run(run_dir, cfg, shard, resume, limit, selection, model_identity)
-    part = PartFile(runstore.part_path(run_dir, shard), run_id)
-    if not resume:  # the marker first: a part without one is read as empty, never as damaged
-        runstore.marker_path(part.path).unlink(missing_ok=True)
-        part.path.unlink(missing_ok=True)
-        runstore.shard_record_path(run_dir, shard).unlink(missing_ok=True)
-        for name in runstore.OUTPUT_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    part.recover()
-    done_ids = set(part.read()["id"])
+    plan = RunPlan(cfg, shard, limit, [s.id for s in selection.studies],
+                   identity(cfg.model, getattr(model, "name", None)), selection.counts, data_files(cfg.data))
+    if not resume:
+        store.start_over(shard)
+    run_id = store.begin(plan, resume)
+    writer = store.open_shard(plan, lock)
+    done_ids = set(writer.committed()[COL.id])
     todo = [s for s in studies if s.id not in done_ids]
     log.info("run %s (id %s), shard %d/%d: %s; %d in this shard, %d already done, %d to go",
-             run_dir, run_id, shard[0], shard[1], _counts_text(selection.counts), len(studies),
+             store.dir, run_id, shard[0], shard[1], _counts_text(selection.counts), len(studies),
              len(studies) - len(todo), len(todo))
-
-    record: dict[str, Any] = {"run_id": run_id, "shard": f"{shard[0]}/{shard[1]}", "started": started.isoformat(),
-                              "host": socket.gethostname(), "pid": os.getpid(), "command": sys.argv,
-                              "studies": len(studies)}
-    failure: Exception | None = None
-    crash: BaseException | None = None
+    shard_ids = [s.id for s in studies]
+    failure: BaseException | None = None
     if todo:
-        if model is None:
-            from . import models
-
-            model = models.load(cfg.model)
-        record["model"] = model.describe()
-        record["prompt"] = model.render_prompt(cfg.prompt)
-        threads = configure_threads(model.device)
-        workers = _workers(cfg.loader.num_workers, len(todo))
-        record.update(threads=threads, loader_workers=workers)
-        info = record["model"]
-        log.info("model %s (%s, revision %s) on %s in %s; %d threads, %d image workers", info.get("source"),
-                 info.get("backend"), info.get("revision") or info.get("digest") or "local",
-                 info.get("gpu") or info.get("device"), info.get("dtype"), threads, workers)
         try:
-            _run_studies(cfg, model, todo, part, stop, progress, workers)
-        except (RunError, ModelError) as e:  # a part that does not read back, a model that fails mid-run
+            model = _load(cfg, model, writer, len(todo))
+        except BaseException as e:  # recorded in the shard's history, then reported as it is
+            writer.end(shard_ids, e)
+            raise
+        try:
+            _run_studies(cfg, model, todo, writer, stop, progress, writer.entry["loader_workers"])
+        except (RunError, ModelError) as e:  # a part that does not read back, a lost lock, a model failing mid-run
             failure = e
         except BaseException as e:  # a crash or a second Ctrl-C: record what was committed, then let it through
-            failure = crash = e
-
-    done = part.read()
-    counts = {"ok": int((done["status"] == "ok").sum()), "error": int((done["status"] == "error").sum())}
-    interrupted = stop.signal is not None
-    complete = set(done["id"]) == {s.id for s in studies} and len(done) == len(studies)
-    record.update(finished=datetime.now(timezone.utc).isoformat(), complete=complete and failure is None,
-                  committed=len(done), **counts)
+            writer.end(shard_ids, e)
+            raise
+    record = writer.end(shard_ids, failure)
+    committed = record["committed"]
     if failure is not None:
-        record["failure"] = f"{type(failure).__name__}: {failure}"
-    runstore.write_json(runstore.shard_record_path(run_dir, shard), record)
-    if crash is not None:
-        raise crash
-    if failure is not None:
-        raise IncompleteShardError(f"shard {shard[0]}/{shard[1]} stopped after committing {len(done)} of "
+        raise IncompleteShardError(f"shard {shard[0]}/{shard[1]} stopped after committing {committed} of "
                                    f"{len(studies)} studies: {failure}")
-    if interrupted and not complete:
+    if stop.signal is not None and not record["complete"]:
         log.warning("stopped after committing %d of %d studies of this shard; run the same command to resume",
-                    len(done), len(studies))
+                    committed, len(studies))
         return stop.exit_code
-    if not complete:
-        raise IncompleteShardError(f"{part.path}: shard {shard[0]}/{shard[1]} ended with {len(done)} of "
+    if not record["complete"]:
+        raise IncompleteShardError(f"{writer.part.path}: shard {shard[0]}/{shard[1]} ended with {committed} of "
                                    f"{len(studies)} studies committed; run the same command to resume")
-    log.info("shard %d/%d done: %d ok, %d error", shard[0], shard[1], counts["ok"], counts["error"])
-    records = [_shard_record(run_dir, (i, shard[1])) for i in range(shard[1])]
-    if all(r and r.get("run_id") == run_id and r.get("complete") for r in records):
-        return merge(run_dir)
-    log.info("waiting for the other shards of %s; the last one to finish merges them", run_dir)
-    return EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
+    log.info("shard %d/%d done: %d ok, %d error", shard[0], shard[1], record["ok"], record["error"])
+    own = EXIT_ROW_ERRORS if record["error"] else EXIT_OK
+    if not store.complete(run_id, shard[1]):
+        log.info("waiting for the other shards of %s; the last one to finish merges them", store.dir)
+        return own
+    try:
+        return finish(store, cfg)
+    except LockHeldError as e:
+        log.info("%s; this shard's rows are committed and the merge is left to it", e)
+        return own
+
+
+def _load(cfg: Config, model, writer, n_todo: int):
+    """The backend (loaded now unless given), its threads and image workers; recorded in the shard's history."""
+    if model is None:
+        from . import models
+
+        model = models.load(cfg.model)
+    threads = configure_threads(model.device)
+    workers = _workers(cfg.loader.num_workers, n_todo)
+    info = model.describe()
+    writer.note_model(info, model.render_prompt(cfg.prompt), threads=threads, loader_workers=workers,
+                      versions=versions())
+    log.info("model %s (%s, revision %s) on %s in %s; %d threads, %d image workers", info.get("source"),
+             info.get("backend"), info.get("revision") or info.get("digest") or "local",
+             info.get("gpu") or info.get("device"), info.get("dtype"), threads, workers)
+    return model
 
 
 def _workers(setting, n_studies: int) -> int:
@@ -428,12 +287,12 @@ def _workers(setting, n_studies: int) -> int:
     return max(0, min(allotted_cpus() - 1, 8, n_studies - 1))
 
 
-def _run_studies(cfg: Config, model, todo: list[Study], part: PartFile, stop: "_StopFlag", progress: bool,
+def _run_studies(cfg: Config, model, todo: list[Study], writer: ShardWriter, stop: "_StopFlag", progress: bool,
                  workers: int) -> None:
     """Prepare the studies in workers, stream them through the model, commit rows as they finish."""
     window = tuple(cfg.loader.percentile_window) if cfg.loader.percentile_window else None
     prepare = _Prepare(model.image_preparer(), cfg.loader.max_pixels, window)
-    pending: list[dict] = []  # error rows waiting for the next commit
+    pending: list[ResultRow] = []  # error rows waiting for the next commit
     taken: dict[int, Item] = {}  # studies handed to the model and not handed back yet
 
     def items() -> Iterator[Item]:
@@ -464,106 +323,14 @@ def _run_studies(cfg: Config, model, todo: list[Study], part: PartFile, stop: "_
                                        "it was not given or had handed back already")
             rows = pending + [_report_row(item.key, report, seconds) for item, report in finished]
             pending.clear()
-            bar.update(part.append(rows))
+            bar.update(writer.append(rows))
     finally:
         try:
             if pending:  # error rows of unreadable images are committed whatever stopped the model
-                bar.update(part.append(list(pending)))
+                bar.update(writer.append(list(pending)))
                 pending.clear()
         finally:
             bar.close()
-
-
-def merge(run_dir: Path) -> int:
-    """Check that every selected study is present exactly once across the parts; write reports.csv and metrics.
-
-    Works from the run directory alone (parts/run-config.json and parts/selection.json), from any folder.
-    """
-    from .evaluation import evaluate_frame, write_metrics_json
-
-    run_dir = Path(run_dir)
-    saved = runstore.read_json(runstore.run_config_path(run_dir))
-    if saved is None:
-        raise RunError(f"{run_dir}: not a run directory (no parts/run-config.json)")
-    cfg = Config.from_dict(saved["config"])
-    run_id, n = saved["run_id"], saved["shards"]
-    expected = runstore.read_json(runstore.selection_path(run_dir)) or []
-    frames, shards = [], []
-    for i in range(n):
-        part = PartFile(runstore.part_path(run_dir, (i, n)), run_id)
-        record = _shard_record(run_dir, (i, n))
-        if not part.path.exists() or record is None or record.get("run_id") != run_id:
-            raise RunError(f"{part.path}: missing or from an earlier run; shard {i}/{n} has not run")
-        frames.append(part.read())
-        shards.append(record)
-    rows = pd.concat(frames, ignore_index=True)
-    duplicated = sorted(set(rows["id"][rows["id"].duplicated()]))
-    if duplicated:
-        raise RunError(f"{run_dir}: ids present more than once across the parts: {', '.join(duplicated[:10])}")
-    present = set(rows["id"])
-    missing = [i for i in expected if i not in present]
-    if missing:
-        raise RunError(f"{run_dir}: {len(missing)} studies have no row yet (e.g. {', '.join(missing[:5])}); "
-                       "run the unfinished shards first")
-    extra = sorted(present - set(expected))
-    if extra:
-        raise RunError(f"{run_dir}: rows for ids that are not in the selection: {', '.join(extra[:10])}")
-    order = {sid: k for k, sid in enumerate(expected)}
-    rows = rows.iloc[np.argsort(rows["id"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
-
-    evaluation = evaluate_frame(rows, name=cfg.output.run_name, n_boot=cfg.evaluation.bootstrap,
-                                seed=cfg.evaluation.seed, clinical=cfg.evaluation.clinical,
-                                uncertain=cfg.evaluation.uncertain)
-    scores = evaluation.per_sample.drop(columns=["id", "empty_hyp"], errors="ignore")
-    report = rows.join(scores)
-    runstore.write_reports_csv(report, run_dir / "reports.csv")
-    back = read_reports_csv(run_dir / "reports.csv", str(run_dir / "reports.csv"))
-    if list(back["id"]) != list(rows["id"]) or list(back["generated_report"]) != list(rows["generated_report"]):
-        raise RunError(f"{run_dir / 'reports.csv'}: does not read back as written ({len(back)} of {len(rows)} rows)")
-    write_metrics_json(evaluation, run_dir / "metrics.json")
-
-    n_error = int((rows["status"] == "error").sum())
-    model_info = next((s["model"] for s in shards if s.get("model")), None)
-    run_info = {
-        "run_dir": str(run_dir),
-        "run_id": run_id,
-        "project": project_commit(),
-        "config": cfg.to_dict(),
-        "limit": saved.get("limit"),
-        "model": model_info,
-        "prompt": next((s["prompt"] for s in shards if s.get("prompt") is not None), None),
-        "data_files": saved.get("data_files"),
-        "versions": versions(),
-        "shards": shards,
-        "started": min(s["started"] for s in shards),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "counts": {"selected": len(expected), "ok": len(rows) - n_error, "error": n_error,
-                   **{f"dataset_{k}": v for k, v in saved.get("dataset_counts", {}).items()}},
-    }
-    runstore.write_json(run_dir / "run.json", run_info)
-    if cfg.output.html:
-        from .report import write_results_page
-
-        summary = {"signature": evaluation.signature, "systems": {cfg.output.run_name: evaluation.summary},
-                   "comparisons": [], "run": {"model": model_info, "project": run_info["project"]}}
-        write_results_page(run_dir / "report.html", {cfg.output.run_name: report}, summary)
-    log.info("merged %d studies into %s (%d ok, %d error); metrics in %s", len(rows), run_dir / "reports.csv",
-             len(rows) - n_error, n_error, run_dir / "metrics.json")
-    log.info("%s", _headline(evaluation.summary))
-    return EXIT_ROW_ERRORS if n_error else EXIT_OK
-
-
-def _headline(summary: dict) -> str:
-    """One log line with the main corpus metrics and their intervals."""
-    parts = []
-    entries = {**summary.get("metrics", {}), **summary.get("clinical", {}).get("metrics", {})}
-    for key in ("bleu_1", "bleu_4", "rouge_l", "cider_d", "cxrllava6_micro_f1"):
-        entry = entries.get(key)
-        if entry and entry.get("value") is not None:
-            ci = entry.get("ci")
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-            parts.append(f"{key} {entry['value']:.3f}{interval}")
-    return "metrics: " + ", ".join(parts)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -1,10 +1,12 @@
 """Helpers shared by the tests: a manifest of the bundled images, a run configuration, the CLI, a run started in a
-subprocess and caught after it has committed rows, a LoRA adapter for the tiny checkpoint, the bundled IU reports,
+subprocess and caught after it has committed rows, crashes injected into the run store's writes, a scripted backend,
+a LoRA adapter for the tiny checkpoint, the bundled IU reports,
 transformers' own generate as the reference for the transformers backend."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import yaml
 from safetensors.torch import save_file
 
 from cxrgen import runstore
+from cxrgen.models.base import GeneratedReport
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
@@ -76,14 +79,16 @@ def committed_rows(run_dir: Path) -> int:
         return 0
 
 
-def resume_and_compare(cfg_path: Path, run_dir: Path, expected: pd.DataFrame, done_before: int) -> None:
-    """Rerun the command of a killed run: it skips the committed rows and ends with exactly ``expected``'s rows."""
+def resume_and_compare(cfg_path: Path, run_dir: Path, expected: pd.DataFrame, done_before: int):
+    """Rerun the command of a killed run: it skips the committed rows and ends with exactly ``expected``'s rows.
+    Returns the finished process."""
     result = run_cli("--config", str(cfg_path))
     assert result.returncode == 0, result.stderr
     assert f"{done_before} already done, {len(expected) - done_before} to go" in result.stderr
     resumed = reports(run_dir)
     assert resumed["id"].is_unique and len(resumed) == len(expected)
     pd.testing.assert_frame_equal(expected.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    return result
 
 
 def start_until_committed(cfg_path: Path, run_dir: Path, rows: int, timeout: float = 90) -> subprocess.Popen:
@@ -96,6 +101,112 @@ def start_until_committed(cfg_path: Path, run_dir: Path, rows: int, timeout: flo
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     return proc
+
+
+# -- crashes injected into the run store's file writes ----------------------------------------------------------------
+
+class Crash(Exception):
+    """Stands for a kill at one point of a write."""
+
+
+class CrashingOs:
+    """The os module, except that the ``at``-th call of write, fsync, replace or unlink raises :class:`Crash`; a
+    write dies half way through its bytes."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def _tick(self) -> bool:
+        self.calls += 1
+        return self.calls - 1 == self.at
+
+    def write(self, fd, data):
+        if self._tick():
+            os.write(fd, bytes(data[:len(data) // 2]))
+            raise Crash("killed while writing")
+        return os.write(fd, data)
+
+    def fsync(self, fd):
+        if self._tick():
+            raise Crash("killed before fsync")
+        return os.fsync(fd)
+
+    def replace(self, src, dst):
+        if self._tick():
+            raise Crash("killed before the rename")
+        return os.replace(src, dst)
+
+
+def crash_points(monkeypatch, action):
+    """Run ``action`` once per crash point (0, 1, ...) with a crash injected there, until it runs through without
+    reaching one; yields the crash point after each crash."""
+    at = 0
+    while True:
+        monkeypatch.setattr(runstore.files, "os", CrashingOs(at))
+        try:
+            action()
+        except Crash:
+            monkeypatch.setattr(runstore.files, "os", os)
+            yield at
+            at += 1
+            continue
+        monkeypatch.setattr(runstore.files, "os", os)
+        return
+
+
+# -- a scripted backend ---------------------------------------------------------------------------------------------
+
+class ImageSize:
+    """Picklable preparer: the scripted backend only needs to know the image was read."""
+
+    def __call__(self, image):
+        return image.size
+
+
+class ScriptedBackend:
+    """A report generator (the interface of cxrgen.models.base) that writes the given text for each study id
+    (``default`` for the others), in batches of generation.batch_size, ``delay`` seconds per batch."""
+
+    name = "scripted"
+
+    def __init__(self, texts: dict[str, str] | None = None, delay: float = 0.0, default: str = "No acute disease."):
+        self.texts, self.delay, self.default = texts or {}, delay, default
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def describe(self):
+        return {"backend": self.name, "source": "test", "revision": None, "dtype": "none", "device": "cpu"}
+
+    def image_preparer(self):
+        return ImageSize()
+
+    def render_prompt(self, prompt):
+        return "write \u2028 anything"
+
+    def stream(self, items, prompt, generation):
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == generation.batch_size:
+                yield self._finish(batch)
+                batch = []
+        if batch:
+            yield self._finish(batch)
+
+    def _finish(self, batch):
+        time.sleep(self.delay)
+        out = []
+        for item in batch:
+            assert item.inputs[0] > 0  # the image reached the preparer
+            text = self.texts.get(item.key.id, self.default)
+            out.append((item, GeneratedReport(text=text, token_ids=[1] * len(text), n_new_tokens=len(text),
+                                              stopped_at_eos=True)))
+        return out
 
 
 # -- LoRA adapters for the tiny CXR-LLaVA checkpoint ------------------------------------------------------------------

@@ -576,5 +576,5 @@ def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch, tiny_d
 
 
 def test_not_a_checkpoint_path():
-    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+    with pytest.raises(ModelError, match="model.name_or_path ./does/not/exist: no such checkpoint folder"):
         resolve("./does/not/exist")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cxrgen.config import DataConfig
-from cxrgen.datasets import FORMATS, DatasetError, MissingSplitError, Selection, Study, load_studies, natural_key
+from cxrgen.datasets import ADAPTERS, DatasetError, MissingSplitError, Selection, Study, load_studies, natural_key
 from cxrgen.datasets.mimic_cxr import report_sections
 from cxrgen.datasets.openi import image_key
 
@@ -38,7 +38,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 def test_formats_and_natural_order():
-    assert FORMATS == ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest")
+    assert tuple(ADAPTERS) == ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest")
     ordered = sorted(["CXR10", "CXR2", "CXR1", "s5/b", "s5/a"], key=natural_key)
     assert ordered == ["CXR1", "CXR2", "CXR10", "s5/a", "s5/b"]
     assert sorted(["10", "9", "100", "09"], key=natural_key) == ["09", "9", "10", "100"]

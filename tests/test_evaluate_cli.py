@@ -56,6 +56,13 @@ def _write(path: Path, df: pd.DataFrame) -> Path:
     return path
 
 
+def _write_part(path: Path, df: pd.DataFrame) -> Path:
+    """A shard part whose rows are all committed (its marker covers the whole file), as the runner leaves it."""
+    _write(path, df)
+    path.with_suffix(".committed").write_text(str(path.stat().st_size))
+    return path
+
+
 def _run(capsys, *argv):
     rc = evaluate.main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -149,8 +156,9 @@ def test_identical_systems_have_p_value_one(tmp_path):
 def test_shard_parts_and_globs(tmp_path, capsys):
     run = tmp_path / "run7"
     full = _results(IDS, GEN, REFS)
-    _write(run / "parts" / "shard-0-of-2.csv", full.iloc[:3])
-    _write(run / "parts" / "shard-1-of-2.csv", full.iloc[3:])
+    _write_part(run / "parts" / "shard-0-of-2.csv", full.iloc[:3])
+    _write_part(run / "parts" / "shard-1-of-2.csv", full.iloc[3:])
+    _write(run / "parts" / "shard-2-of-2.csv", full.iloc[3:])  # no marker: nothing committed, no rows
     rc, _, err = _run(capsys, run / "parts" / "shard-*.csv", "--no-clinical", "--n-boot", "50")
     assert rc == 0, err
     s = json.loads((run / "summary.json").read_text())
@@ -228,8 +236,8 @@ def test_duplicate_ids_are_an_error_naming_them(tmp_path, capsys):
 
 def test_duplicate_ids_across_shard_parts(tmp_path, capsys):
     full = _results(IDS, GEN, REFS)
-    _write(tmp_path / "run" / "parts" / "shard-0-of-2.csv", full.iloc[:4])
-    _write(tmp_path / "run" / "parts" / "shard-1-of-2.csv", full.iloc[3:])
+    _write_part(tmp_path / "run" / "parts" / "shard-0-of-2.csv", full.iloc[:4])
+    _write_part(tmp_path / "run" / "parts" / "shard-1-of-2.csv", full.iloc[3:])
     rc, _, err = _run(capsys, tmp_path / "run" / "parts" / "*.csv", "--no-clinical")
     assert rc == 2 and "duplicate ids" in err and "s3" in err
 
@@ -301,6 +309,24 @@ def test_meteor_unavailable_without_download(monkeypatch):
     else:
         assert ev.summary["unavailable"]["meteor"] == why and "nltk.downloader wordnet" in why
         assert "meteor" not in ev.summary["metrics"] and "meteor:none" in ev.signature
+
+
+def test_the_wordnet_lookup_without_nltk_searches_where_nltk_does(tmp_path, monkeypatch):
+    """METEOR's availability is decided without importing NLTK when no WordNet corpus is in any folder NLTK
+    searches: those folders must be NLTK's own, and a corpus in one of them must be seen."""
+    import nltk
+
+    from cxrgen.metrics import meteor
+
+    assert meteor._wordnet_folders() == nltk.data.path
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path))
+    found_before = meteor._wordnet_may_be_installed()
+    (tmp_path / "corpora" / "wordnet").mkdir(parents=True)
+    assert meteor._wordnet_may_be_installed()
+    if not found_before:  # and without one, NLTK itself finds none either
+        monkeypatch.setattr(nltk.data, "path", meteor._wordnet_folders()[1:])
+        with pytest.raises(LookupError):
+            nltk.data.find("corpora/wordnet")
 
 
 # --- runner API ----------------------------------------------------------------------------------

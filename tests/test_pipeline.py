@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,13 +17,15 @@ import pytest
 import yaml
 
 from cxrgen import runner, runstore
+from cxrgen.finishing import finish
+from cxrgen.runstore import ResultRow, RunStore
 from cxrgen.config import Config, ConfigError, load_config
 from cxrgen.models import ModelError
 from cxrgen.models.cxr_llava import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, CxrLlava
 from cxrgen.models.cxr_llava.backend import CxrLlavaBackend
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
-from helpers import (committed_rows, make_config, reports, resume_and_compare, run_cli, start_until_committed,
-                     write_manifest)
+from helpers import (ScriptedBackend, committed_rows, make_config, reports, resume_and_compare, run_cli,
+                     start_until_committed, write_manifest)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "demo" / "images"
@@ -142,13 +146,12 @@ def model_image(path):
 
 
 def test_tricky_text_survives_the_csv(tmp_path):
-    rows = [{"id": "a,1", "image_path": "x", "reference": 'He said "no"\nnew line, comma', "generated_report": "é ✓ \r\n",
-             "status": "ok", "error": "", "n_new_tokens": 3, "stopped_at_eos": True, "seconds": 0.5}]
+    row = ResultRow(id="a,1", image_path="x", reference='He said "no"\nnew line, comma', generated_report="é ✓ \r\n",
+                    status="ok", error="", n_new_tokens=3, stopped_at_eos=True, seconds=0.5)
     part = runstore.PartFile(tmp_path / "p.csv")
-    part.append(rows)
-    back = part.read()
-    assert back.loc[0, "reference"] == rows[0]["reference"] and back.loc[0, "id"] == "a,1"
-    assert back.loc[0, "generated_report"] == rows[0]["generated_report"]
+    part.append([row])
+    (back,) = [ResultRow.from_record(r) for r in part.read().to_dict("records")]
+    assert back == row
 
 
 def test_a_start_that_committed_nothing_can_be_rerun_with_other_settings(tmp_path, tiny_dir, model, caplog):
@@ -187,19 +190,20 @@ def test_run_json_says_exactly_what_ran(tmp_path, tiny_dir, model):
     import hashlib
     assert data_file["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     (shard,) = info["shards"]
-    assert shard["host"] and shard["command"] and shard["started"] <= shard["finished"]
+    (start,) = shard["history"]
+    assert start["host"] and start["command"] and start["started"] <= start["finished"]
 
 
 def test_uncommitted_bytes_are_cut_on_recovery(tmp_path):
     part = runstore.PartFile(tmp_path / "p.csv")
-    row = {"id": "1", "image_path": "x", "reference": "r", "generated_report": "g", "status": "ok", "error": "",
-           "n_new_tokens": 1, "stopped_at_eos": False, "seconds": 0.1}
+    row = ResultRow(id="1", image_path="x", reference="r", generated_report="g", status="ok", error="",
+                    n_new_tokens=1, stopped_at_eos=False, seconds=0.1)
     part.append([row])
     with open(part.path, "ab") as f:  # a batch torn by a kill before its commit
         f.write(b'2,x,"r,half a ro')
     part.recover()
     assert list(part.read()["id"]) == ["1"]
-    part.append([{**row, "id": "2"}])
+    part.append([dataclasses.replace(row, id="2")])
     assert list(part.read()["id"]) == ["1", "2"]
 
 
@@ -263,7 +267,7 @@ def test_shards_merged_equal_one_run(tmp_path, tiny_dir, model):
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     # an explicit merge gives the same file again
     (tmp_path / "runs" / "sharded" / "reports.csv").unlink()
-    assert runner.merge(tmp_path / "runs" / "sharded") == 0
+    assert finish(RunStore(tmp_path / "runs" / "sharded")) == 0
     pd.testing.assert_frame_equal(b, reports(tmp_path / "runs" / "sharded"))
 
 
@@ -272,7 +276,7 @@ def test_merge_refuses_missing_studies(tmp_path, tiny_dir, model):
     cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "partial"))
     runner.generate(cfg, shard=(0, 2), model=model, progress=False)
     with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing"):
-        runner.merge(tmp_path / "runs" / "partial")
+        finish(RunStore(tmp_path / "runs" / "partial"))
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
@@ -285,6 +289,21 @@ def test_resume_refuses_other_settings(tmp_path, tiny_dir, model):
     assert (reports(tmp_path / "runs" / "r")["n_new_tokens"] <= 10).all()
 
 
+def test_a_resume_where_auto_resolves_to_another_dtype_is_refused(tmp_path, monkeypatch):
+    """model.dtype auto is bfloat16 on a GPU and float32 on the CPU: a run begun on a GPU node is not resumed on a
+    CPU node, whatever the settings file says."""
+    manifest = write_manifest(tmp_path, 3)
+    cfg = load_config(make_config(tmp_path, tmp_path / "unused", manifest, "moved", model__device="auto"))
+    with monkeypatch.context() as gpu_node:
+        gpu_node.setattr("torch.cuda.is_available", lambda: True)
+        assert runner.generate(cfg, model=ScriptedBackend(), progress=False) == 0
+    saved = json.loads((tmp_path / "runs" / "moved" / "parts" / "run-config.json").read_text())
+    assert saved["model_identity"]["model.dtype"] == "bfloat16" and saved["model_identity"]["model.device_kind"] == "cuda"
+    with pytest.raises(runner.SettingsChangedError,
+                       match=r"started with other settings \(model\.dtype, model\.device_kind\)"):
+        runner.generate(cfg, model=ScriptedBackend(), progress=False)
+
+
 def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, model):
     manifest = write_manifest(tmp_path, 6)
     first = load_config(make_config(tmp_path, tiny_dir, manifest, "redo", generation__max_new_tokens=12))
@@ -295,7 +314,7 @@ def test_no_resume_never_merges_parts_of_the_earlier_run(tmp_path, tiny_dir, mod
     run_dir = tmp_path / "runs" / "redo"
     assert not (run_dir / "reports.csv").exists()  # shard 1 still holds the first run's rows: no merge
     with pytest.raises(runner.RunError, match="shard-1-of-2.csv: missing or from an earlier run"):
-        runner.merge(run_dir)
+        finish(RunStore(run_dir))
     assert runner.generate(second, shard=(1, 2), model=model, progress=False) == 0  # redoes shard 1, then merges
     fresh = load_config(make_config(tmp_path, tiny_dir, manifest, "fresh", generation__max_new_tokens=6))
     assert runner.generate(fresh, model=model, progress=False) == 0
@@ -328,7 +347,7 @@ def test_merge_works_from_another_folder(tmp_path, tiny_dir, model, monkeypatch)
     manifest.unlink()  # the merge needs only the run directory
     (run_dir / "reports.csv").unlink()
     monkeypatch.chdir(tmp_path / "runs")
-    assert runner.merge(Path("m")) == 0
+    assert finish(RunStore(Path("m"))) == 0
     pd.testing.assert_frame_equal(before, reports(run_dir))
 
 
@@ -366,7 +385,34 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, unint
         assert "resume" in err
     done_before = committed_rows(run_dir)
     assert 4 <= done_before < 16 and not (run_dir / "reports.csv").exists()
-    resume_and_compare(cfg_path, run_dir, expected, done_before)
+    lock = run_dir / "parts" / "shard-0-of-1.lock"
+    if how == "sigkill":  # the killed process's lock stays behind, naming it
+        assert json.loads(lock.read_text())["pid"] == proc.pid
+    result = resume_and_compare(cfg_path, run_dir, expected, done_before)
+    if how == "sigkill":  # ... and is taken over, with one line saying why
+        assert f"took over the lock shard-0-of-1.lock (process {proc.pid} is no longer running)" in result.stderr
+    else:
+        assert "took over" not in result.stderr
+    assert not lock.exists()  # given back at the end
+
+
+def test_a_second_process_on_the_same_shard_refuses_at_once_naming_the_first(tmp_path, tiny_dir, uninterrupted):
+    """The same command started twice: the second stops before touching anything, one line naming the first (exit
+    2), while the first goes on undisturbed to every study exactly once."""
+    manifest, expected = uninterrupted
+    cfg_path = make_config(tmp_path, tiny_dir, manifest, "twice", **SLOW)
+    run_dir = tmp_path / "runs" / "twice"
+    first = start_until_committed(cfg_path, run_dir, 2)
+    second = run_cli("--config", str(cfg_path))
+    assert first.poll() is None, "the first run ended before the second one was refused"
+    assert second.returncode == runner.EXIT_USAGE
+    (line,) = second.stderr.strip().splitlines()
+    assert f"shard 0/1 is in progress in another process (host {socket.gethostname()}, pid {first.pid}, since " in line
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    pd.testing.assert_frame_equal(expected.drop(columns="seconds"), reports(run_dir).drop(columns="seconds"))
+    (shard,) = json.loads((run_dir / "run.json").read_text())["shards"]
+    assert [entry["pid"] for entry in shard["history"]] == [first.pid]  # the second left no trace
 
 
 def test_slurm_script_forwards_the_timeout_signal_and_requeues(tmp_path, tiny_dir, uninterrupted):
@@ -444,13 +490,18 @@ def test_a_study_handed_back_twice_stops_the_run_before_it_is_committed(tmp_path
     assert list(rows["id"]) == ["S000", "S001"]
 
 
-def test_no_resume_with_the_same_settings_starts_over(tmp_path, tiny_dir, model):
+def test_no_resume_with_the_same_settings_starts_over(tmp_path, tiny_dir, model, caplog):
     manifest = write_manifest(tmp_path, 3)
     cfg = load_config(make_config(tmp_path, tiny_dir, manifest, "again"))
     assert runner.generate(cfg, model=model, progress=False) == 0
     first = reports(tmp_path / "runs" / "again")
-    assert runner.generate(cfg, model=model, progress=False, resume=False) == 0
-    again = reports(tmp_path / "runs" / "again")  # generated anew (the timings differ), to the same reports
+    with caplog.at_level("INFO", logger="cxrgen"):
+        assert runner.generate(cfg, model=model, progress=False, resume=False) == 0
+    assert "3 in this shard, 0 already done, 3 to go" in caplog.text  # every study generated again
+    record = json.loads((tmp_path / "runs" / "again" / "parts" / "shard-0-of-1.json").read_text())
+    assert [entry["committed_before"] for entry in record["history"]] == [0]  # the earlier start is forgotten
+    assert "already finished" not in caplog.text
+    again = reports(tmp_path / "runs" / "again")  # generated anew, to the same reports
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), first.drop(columns="seconds"))
 
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -235,8 +236,14 @@ def test_summary_block_formats_numbers_like_summary_md_and_escapes_markup():
     # Both the markup and the page's own script are the only script elements; the data cannot add one.
     assert page.count("<script") == 2 and page.count("</script>") == 2
     assert 'id="plot-distributions"' in page and 'id="plot-observation-f1"' in page and 'id="plot-differences"' in page
-    for uri in re.findall(r'src="(data:image/png;base64,[^"]+)"', page):
-        assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).format == "PNG"
+    figures = dict(re.findall(r'id="plot-([a-z0-9-]+)"><img alt="[^"]*" src="data:image/svg\+xml;base64,([^"]+)"', page))
+    assert set(figures) == {"distributions", "observation-f1", "differences"}
+    titles = {name: [t.text for t in ET.fromstring(base64.b64decode(svg)).iter("{http://www.w3.org/2000/svg}title")]
+              for name, svg in figures.items()}  # each SVG parses (names escaped); every mark names its numbers
+    assert "base, pleural effusion: F1 0.500 [0.000, 1.000]" in titles["observation-f1"]
+    assert titles["differences"] == ["<b>x</b> − base, bleu_4: +0.0123 [+0.0010, +0.0200]",
+                                     "<b>x</b> − base, chexpert14_micro_f1: +0.0000 [-0.1000, +0.1000]"]
+    assert titles["distributions"][:2] == ["base: 5 studies, mean 0.250", "<b>x</b>: 5 studies, mean 0.500"]
 
 
 def test_header_names_the_model_its_revision_or_digest_and_the_commit():

@@ -1,8 +1,8 @@
 """No text can break a row: reports and references of random code points through the part file, the merge,
 reports.csv, the evaluation's reader, the results page, and a resume after a kill.
 
-The model is a fake backend written here (it meets the interface of cxrgen.models.base): it writes whatever text
-it is told to, so the whole pipeline sees every character a decoder could ever produce.
+The model is a scripted backend (tests/helpers.py; it meets the interface of cxrgen.models.base): it writes
+whatever text it is told to, so the whole pipeline sees every character a decoder could ever produce.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from cxrgen import runner, runstore
 from cxrgen.config import load_config
 from cxrgen.datasets import load_studies
-from cxrgen.models.base import GeneratedReport
+from helpers import ScriptedBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "demo" / "images").glob("*.png"))
@@ -55,57 +55,6 @@ def stored(text: str) -> str:
 def texts_for(n: int, seed: int) -> dict[str, str]:
     rng = random.Random(seed)
     return {f"S{i:03d}": hostile_text(rng) for i in range(n)}
-
-
-class ImageSize:
-    """Picklable preparer: the fake model only needs to know the image was read."""
-
-    def __call__(self, image):
-        return image.size
-
-
-class HostileBackend:
-    """A report generator that writes the given text for each study id, in batches of generation.batch_size."""
-
-    name = "hostile"
-
-    def __init__(self, texts: dict[str, str], delay: float = 0.0):
-        self.texts, self.delay = texts, delay
-
-    @property
-    def device(self):
-        import torch
-
-        return torch.device("cpu")
-
-    def describe(self):
-        return {"backend": self.name, "source": "test", "revision": None, "dtype": "none", "device": "cpu"}
-
-    def image_preparer(self):
-        return ImageSize()
-
-    def render_prompt(self, prompt):
-        return "write \u2028 anything"
-
-    def stream(self, items, prompt, generation):
-        batch = []
-        for item in items:
-            batch.append(item)
-            if len(batch) == generation.batch_size:
-                yield self._finish(batch)
-                batch = []
-        if batch:
-            yield self._finish(batch)
-
-    def _finish(self, batch):
-        time.sleep(self.delay)
-        out = []
-        for item in batch:
-            assert item.inputs[0] > 0  # the image reached the preparer
-            text = self.texts[item.key.id]
-            out.append((item, GeneratedReport(text=text, token_ids=[1] * len(text), n_new_tokens=len(text),
-                                              stopped_at_eos=True)))
-        return out
 
 
 def write_dataset(folder: Path, n: int, seed: int) -> Path:
@@ -155,21 +104,22 @@ def test_part_file_round_trips_random_code_points(tmp_path):
     part = runstore.PartFile(tmp_path / "p.csv", "run")
     written = []
     for batch in range(12):
-        rows = [{"id": hostile_text(rng) or f"id{batch}-{i}", "image_path": hostile_text(rng),
-                 "reference": hostile_text(rng), "generated_report": hostile_text(rng), "status": "ok",
-                 "error": hostile_text(rng), "n_new_tokens": rng.randint(0, 600), "stopped_at_eos": rng.random() < .5,
-                 "seconds": rng.random()} for i in range(rng.randint(1, 9))]
+        rows = [runstore.ResultRow(id=hostile_text(rng) or f"id{batch}-{i}", image_path=hostile_text(rng),
+                                   reference=hostile_text(rng), generated_report=hostile_text(rng), status="ok",
+                                   error=hostile_text(rng), n_new_tokens=rng.randint(0, 600),
+                                   stopped_at_eos=rng.random() < .5, seconds=rng.random())
+                for i in range(rng.randint(1, 9))]
         assert part.append(rows) == len(rows)
         written += rows
     back = part.read()
     assert len(back) == len(written)
     for column in runstore.TEXT_COLUMNS:
-        assert list(back[column]) == [stored(r[column]) for r in written], column
-    assert list(back["n_new_tokens"]) == [r["n_new_tokens"] for r in written]
-    assert list(back["stopped_at_eos"]) == [r["stopped_at_eos"] for r in written]
+        assert list(back[column]) == [stored(getattr(r, column)) for r in written], column
+    for column in ("n_new_tokens", "stopped_at_eos", "seconds"):  # typed, exactly as written
+        assert list(back[column]) == [getattr(r, column) for r in written], column
     # Python's csv module reads the committed bytes to the same rows
     rows = list(csv.DictReader(io.StringIO(part.path.read_bytes()[:part.committed_length()].decode("utf-8"), newline="")))
-    assert [r["generated_report"] for r in rows] == [stored(r["generated_report"]) for r in written]
+    assert [r["generated_report"] for r in rows] == [stored(r.generated_report) for r in written]
 
 
 def test_run_merge_results_page_and_evaluation_reader_keep_every_character(tmp_path):
@@ -178,7 +128,7 @@ def test_run_merge_results_page_and_evaluation_reader_keep_every_character(tmp_p
     cfg = load_config(write_config(tmp_path, manifest, "hostile"))
     references = {s.id: s.reference for s in load_studies(cfg.data).studies}
     assert any("\x0b" in r or '"' in r for r in references.values())  # the references are hostile too
-    assert runner.generate(cfg, model=HostileBackend(texts), progress=False) == runner.EXIT_OK
+    assert runner.generate(cfg, model=ScriptedBackend(texts), progress=False) == runner.EXIT_OK
     run_dir = tmp_path / "runs" / "hostile"
     check_reports_csv(run_dir / "reports.csv", texts, references)
 
@@ -198,8 +148,9 @@ def test_run_merge_results_page_and_evaluation_reader_keep_every_character(tmp_p
 
 def _run_in_subprocess(cfg_path: Path, texts_seed: int, n: int, delay: float):
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); sys.path.insert(0, {str(ROOT)!r});"
-            "import test_text_roundtrip as t; from cxrgen import runner; from cxrgen.config import load_config;"
-            f"sys.exit(runner.generate(load_config({str(cfg_path)!r}), model=t.HostileBackend("
+            "import test_text_roundtrip as t; from helpers import ScriptedBackend; from cxrgen import runner;"
+            "from cxrgen.config import load_config;"
+            f"sys.exit(runner.generate(load_config({str(cfg_path)!r}), model=ScriptedBackend("
             f"t.texts_for({n}, {texts_seed}), delay={delay}), progress=False))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -229,7 +180,7 @@ def test_hostile_text_survives_a_kill_and_resume(tmp_path, how):
         rows = runstore.PartFile(part).read()
         assert list(rows["id"]) == sorted(texts)[:committed] and set(rows["status"]) == {"ok"}
     cfg = load_config(cfg_path)
-    assert runner.generate(cfg, model=HostileBackend(texts), progress=False) == runner.EXIT_OK
+    assert runner.generate(cfg, model=ScriptedBackend(texts), progress=False) == runner.EXIT_OK
     references = {s.id: s.reference for s in load_studies(cfg.data).studies}
     check_reports_csv(tmp_path / "runs" / "killed" / "reports.csv", texts, references)
 
@@ -245,20 +196,22 @@ def test_a_part_that_does_not_read_back_stops_the_shard_non_zero(tmp_path, monke
         writer = csv.DictWriter(buffer, fieldnames=runstore.COLUMNS, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         if header:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([row.record() for row in rows])
         return buffer.getvalue().encode("utf-8")
 
-    monkeypatch.setattr(runstore, "rows_to_csv", minimal_quoting)
+    monkeypatch.setattr(runstore.parts, "rows_to_csv", minimal_quoting)
     with pytest.raises(runner.IncompleteShardError, match=r"shard-0-of-1\.csv.*do not read back"):
-        runner.generate(cfg, model=HostileBackend(texts), progress=False)
+        runner.generate(cfg, model=ScriptedBackend(texts), progress=False)
     record = json.loads((tmp_path / "runs" / "broken" / "parts" / "shard-0-of-1.json").read_text())
     assert record["complete"] is False and "read back" in record["failure"]
     assert not (tmp_path / "runs" / "broken" / "reports.csv").exists()
+    part = runstore.PartFile(tmp_path / "runs" / "broken" / "parts" / "shard-0-of-1.csv")
+    assert part.path.stat().st_size > 0 and part.committed_length() == 0  # written, never committed
 
     # through the command line: exit 4, one line naming the part file
     import generate_cxr
     from cxrgen import models
 
-    monkeypatch.setattr(models, "load", lambda model_cfg: HostileBackend(texts))
+    monkeypatch.setattr(models, "load", lambda model_cfg: ScriptedBackend(texts))
     code = generate_cxr.main(["--config", str(tmp_path / "broken.yaml"), "--quiet", "--no-resume"])
     assert code == runner.EXIT_INCOMPLETE

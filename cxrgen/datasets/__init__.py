@@ -6,7 +6,7 @@ reference text, plus counts of what was left out and why. Rows are sorted by id 
 except for iu_xray_kaggle with a split file (data.split train, val or test), whose rows come in the split file's
 row order, so that the first N selected studies are the first N of the split.
 
-Formats (details in each module's docstring):
+Formats (details in each module's docstring; :data:`ADAPTERS` is the registry):
 
     iu_xray_kaggle   indiana_reports.csv + indiana_projections.csv + images/  (cxrgen.datasets.iu_xray_kaggle)
     openi            ecgen-radiology/*.xml + NLMCXR_png/                       (cxrgen.datasets.openi)
@@ -28,10 +28,12 @@ missing split file raises its subclass :class:`MissingSplitError`. The IU X-ray 
 
 from __future__ import annotations
 
-from . import iu_xray_kaggle, manifest, mimic_cxr, openi
+import importlib
+
 from .common import (
-    FORMATS,
     DatasetError,
+    Found,
+    Layout,
     MissingSplitError,
     Selection,
     Study,
@@ -41,14 +43,30 @@ from .common import (
     natural_key,
     new_counts,
     normalise_split,
-    require_root,
     select,
 )
 
 __all__ = [
-    "FORMATS", "DatasetError", "MissingSplitError", "Selection", "Study", "describe_counts", "load_studies",
-    "natural_key",
+    "ADAPTERS", "DatasetError", "Found", "Layout", "MissingSplitError", "Selection", "Study", "adapter",
+    "describe_counts", "load_studies", "natural_key",
 ]
+
+#: data.format -> the module that reads it. A module provides ``LAYOUT`` (a :class:`Layout`: which setting names
+#: its source and what is expected there) and ``read(cfg, split, counts) -> Found`` (one Record per study, see
+#: :mod:`cxrgen.datasets.common`). Adding a dataset layout is one such module and one line here.
+ADAPTERS = {
+    "iu_xray_kaggle": "cxrgen.datasets.iu_xray_kaggle",
+    "openi": "cxrgen.datasets.openi",
+    "mimic_cxr": "cxrgen.datasets.mimic_cxr",
+    "manifest": "cxrgen.datasets.manifest",
+}
+
+
+def adapter(fmt: str):
+    """The adapter module of data.format ``fmt``; an unknown format is a DatasetError naming the key."""
+    if fmt not in ADAPTERS:
+        raise DatasetError(f"data.format must be one of {', '.join(ADAPTERS)}, got {fmt!r}")
+    return importlib.import_module(ADAPTERS[fmt])
 
 
 def load_studies(cfg) -> Selection:
@@ -56,32 +74,20 @@ def load_studies(cfg) -> Selection:
 
     Raises DatasetError with a one-line message naming the file, column or config key at fault.
     """
+    reader = adapter(cfg.format)
     check_options(cfg)
     split = normalise_split(cfg.split)
     counts = new_counts()
-    unknown_is_frontal = keep_ids = keep_order = False
-    if cfg.format == "manifest":
-        records, has_view = manifest.load_records(cfg, split, counts)
-        unknown_is_frontal, keep_ids = not has_view, True
-        source = f"manifest {cfg.manifest}"
-    else:
-        root = require_root(cfg)
-        loader = {"iu_xray_kaggle": iu_xray_kaggle, "openi": openi, "mimic_cxr": mimic_cxr}[cfg.format]
-        records = loader.load_records(cfg, root, split, counts)
-        keep_order = cfg.format == "iu_xray_kaggle" and split != "all"
-        source = f"{cfg.format} dataset {root}"
-    rows = select(
-        records, cfg.views, counts, unknown_is_frontal=unknown_is_frontal, keep_ids=keep_ids, keep_order=keep_order
-    )
+    found = reader.read(cfg, split, counts)
+    rows = select(found.records, cfg.views, counts, unknown_is_frontal=found.unknown_is_frontal,
+                  keep_ids=found.keep_ids, keep_order=found.keep_order)
     for row in rows:
         row.metadata.setdefault("dataset", cfg.format)
     if not rows:
-        reference = (
-            f"reference column {cfg.reference_column!r}" if cfg.format == "manifest" else f"reference={cfg.reference}"
-        )
+        reference = found.reference or f"reference={cfg.reference}"
         raise DatasetError(
-            f"{source}: no studies selected (split={split}, views={cfg.views}, {reference}; "
+            f"{found.source}: no studies selected (split={split}, views={cfg.views}, {reference}; "
             f"{describe_counts(counts)})"
         )
-    check_unique(rows, source)
+    check_unique(rows, found.source)
     return Selection(studies=rows, counts=counts)

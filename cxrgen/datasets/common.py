@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-FORMATS = ("iu_xray_kaggle", "openi", "mimic_cxr", "manifest")
 SPLITS = ("train", "val", "test", "all")
 VIEWS = ("frontal", "all")
 REFERENCES = ("findings", "impression", "findings+impression")
@@ -142,43 +141,53 @@ def normalise_split(split: str) -> str:
 
 
 def check_options(cfg) -> None:
-    """Reject an unknown data.format, data.views or data.reference with a message naming the key."""
-    if cfg.format not in FORMATS:
-        raise DatasetError(f"data.format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+    """Reject an unknown data.views or data.reference with a message naming the key."""
     if cfg.views not in VIEWS:
         raise DatasetError(f"data.views must be one of {', '.join(VIEWS)}, got {cfg.views!r}")
     if cfg.reference not in REFERENCES:
         raise DatasetError(f"data.reference must be one of {', '.join(REFERENCES)}, got {cfg.reference!r}")
 
 
-# What data.root must hold for each folder-based format, and the README.md section that describes it.
-LAYOUTS = {
-    "iu_xray_kaggle": ("indiana_reports.csv, indiana_projections.csv and images/", "IU X-ray (Kaggle download)"),
-    "openi": ("ecgen-radiology/*.xml and NLMCXR_png/", "Datasets"),
-    "mimic_cxr": ("mimic-cxr-2.0.0-metadata.csv, mimic-cxr-2.0.0-split.csv and files/", "Datasets"),
-}
+@dataclass(frozen=True)
+class Layout:
+    """What a dataset adapter reads: ``source``, the DataConfig key naming it (``root``: a folder, ``manifest``: a
+    file); ``files``, what is expected there; ``readme``, the README.md section that describes it."""
+
+    source: str
+    files: str
+    readme: str = "Datasets"
+
+    def hint(self) -> str:
+        """'the folder holding ... (README.md, section ...)', for messages about a missing or wrong source."""
+        where = "the folder holding " if self.source == "root" else ""
+        return f'{where}{self.files} (README.md, section "{self.readme}")'
 
 
-def layout_hint(fmt: str) -> str:
-    """'the folder holding ... (README.md, section ...)' for a folder-based format; '' for any other."""
-    if fmt not in LAYOUTS:
-        return ""
-    files, section = LAYOUTS[fmt]
-    return f'the folder holding {files} (README.md, section "{section}")'
+@dataclass
+class Found:
+    """What a dataset adapter read: one Record per study, where from (``source``, for messages), and how
+    :func:`select` treats them (see its arguments). ``reference``: how the reference was chosen, for messages
+    (default: the data.reference setting)."""
+
+    records: list[Record]
+    source: str
+    keep_order: bool = False
+    unknown_is_frontal: bool = False
+    keep_ids: bool = False
+    reference: str | None = None
 
 
-def require_root(cfg) -> Path:
+def require_root(cfg, layout: Layout) -> Path:
     """data.root as an absolute path; raises DatasetError if it is unset or not a folder.
 
     The message names the files the format expects under data.root and the README section about them.
     """
-    hint = layout_hint(cfg.format)
     if not cfg.root:
-        raise DatasetError(f"data.root is required for data.format {cfg.format}: {hint}")
+        raise DatasetError(f"data.root is required for data.format {cfg.format}: {layout.hint()}")
     root = Path(os.path.abspath(os.path.expanduser(str(cfg.root))))
     if not root.is_dir():
         raise DatasetError(
-            f"data.root {root} is not an existing folder (data.format {cfg.format} needs {hint})"
+            f"data.root {root} is not an existing folder (data.format {cfg.format} needs {layout.hint()})"
         )
     return root
 

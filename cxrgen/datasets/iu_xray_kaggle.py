@@ -26,13 +26,16 @@ from pathlib import Path
 
 from .common import (
     DatasetError,
+    Found,
     Image,
+    Layout,
     MissingSplitError,
     Record,
     build_reference,
     clean_text,
     find_file,
     read_csv,
+    require_root,
 )
 
 REPORTS_FILE = "indiana_reports.csv"
@@ -41,6 +44,8 @@ SPLIT_FILES = {split: f"indiana_{split}.csv" for split in ("train", "val", "test
 
 # indiana_reports.csv columns copied into each study's metadata (lower-cased keys).
 _REPORT_FIELDS = ("MeSH", "Problems", "image", "indication", "comparison", "findings", "impression")
+
+LAYOUT = Layout("root", "indiana_reports.csv, indiana_projections.csv and images/", "IU X-ray (Kaggle download)")
 
 
 def read_split_order(root: Path, split: str, reports: Path | None = None) -> list[str] | None:
@@ -134,3 +139,9 @@ def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Re
             )
         )
     return records
+
+
+def read(cfg, split: str, counts: dict[str, int]) -> Found:
+    """The studies under data.root (this adapter's entry point, see :mod:`cxrgen.datasets`)."""
+    root = require_root(cfg, LAYOUT)
+    return Found(load_records(cfg, root, split, counts), f"iu_xray_kaggle dataset {root}", keep_order=split != "all")

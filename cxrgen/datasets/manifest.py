@@ -22,7 +22,9 @@ import json
 import os
 from pathlib import Path
 
-from .common import DatasetError, Image, Record, clean_text, load_csv
+from .common import DatasetError, Found, Image, Layout, Record, clean_text, load_csv
+
+LAYOUT = Layout("manifest", "a CSV or JSONL file of id, image_path, reference[, view]", "Datasets")
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -131,3 +133,11 @@ def load_records(cfg, split: str, counts: dict[str, int]) -> tuple[list[Record],
         shown = ", ".join(dupes[:5]) + (f" and {len(dupes) - 5} more" if len(dupes) > 5 else "")
         raise DatasetError(f"manifest {path}: duplicate id(s) {shown}")
     return records, view_column is not None
+
+
+def read(cfg, split: str, counts: dict[str, int]) -> Found:
+    """The rows of data.manifest (this adapter's entry point, see :mod:`cxrgen.datasets`): each row is its own study,
+    and without a view column every image counts as frontal."""
+    records, has_view = load_records(cfg, split, counts)
+    return Found(records, f"manifest {cfg.manifest}", unknown_is_frontal=not has_view, keep_ids=True,
+                 reference=f"reference column {cfg.reference_column!r}")

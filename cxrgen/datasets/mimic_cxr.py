@@ -29,10 +29,12 @@ import os
 import re
 from pathlib import Path
 
-from .common import DatasetError, Image, Record, build_reference, clean_text, find_file, read_csv
+from .common import (DatasetError, Found, Image, Layout, Record, build_reference, clean_text, find_file, read_csv,
+                     require_root)
 
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
+LAYOUT = Layout("root", f"{METADATA_FILE}, {SPLIT_FILE} and files/")
 
 _SPLIT_LABELS = {"train": "train", "val": "validate", "test": "test"}
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ,&/()'-]*?)[ \t]*:", re.MULTILINE)
@@ -188,3 +190,9 @@ def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Re
             f"(first missing: {first_missing}); set data.reports to the report folder or sectioned CSV"
         )
     return records
+
+
+def read(cfg, split: str, counts: dict[str, int]) -> Found:
+    """The studies under data.root (this adapter's entry point, see :mod:`cxrgen.datasets`)."""
+    root = require_root(cfg, LAYOUT)
+    return Found(load_records(cfg, root, split, counts), f"mimic_cxr dataset {root}")

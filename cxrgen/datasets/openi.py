@@ -26,11 +26,12 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .common import DatasetError, Image, Record, build_reference, clean_text, read_csv
+from .common import DatasetError, Found, Image, Layout, Record, build_reference, clean_text, read_csv, require_root
 from .iu_xray_kaggle import PROJECTIONS_FILE, read_split_uids
 
 XML_DIR = "ecgen-radiology"
 PNG_DIR = "NLMCXR_png"
+LAYOUT = Layout("root", "ecgen-radiology/*.xml and NLMCXR_png/")
 
 _EXTENSIONS = re.compile(r"(\.(png|jpe?g|dcm))+$", re.IGNORECASE)
 
@@ -169,3 +170,9 @@ def load_records(cfg, root: Path, split: str, counts: dict[str, int]) -> list[Re
             )
         )
     return records
+
+
+def read(cfg, split: str, counts: dict[str, int]) -> Found:
+    """The studies under data.root (this adapter's entry point, see :mod:`cxrgen.datasets`)."""
+    root = require_root(cfg, LAYOUT)
+    return Found(load_records(cfg, root, split, counts), f"openi dataset {root}")

@@ -29,6 +29,7 @@ from cxrgen.evaluation.common import (
     MetricError,
     MetricUnavailableError,
     MissingColumnError,
+    NothingToScoreError,
     is_empty_text,
     text_or_empty,
 )
@@ -54,7 +55,8 @@ from cxrgen.evaluation.tables import csv_rows, fmt_entry, fmt_p, fmt_value, form
 
 __all__ = [
     "COLUMN_NAMES", "Columns", "EMPTY_STRINGS", "Evaluation", "EvaluationInputError", "ImageCheck",
-    "MetricError", "MetricUnavailableError", "MissingColumnError", "Prepared", "Report", "SIGNIFICANCE_TESTS", "align",
+    "MetricError", "MetricUnavailableError", "MissingColumnError", "NothingToScoreError", "Prepared", "Report",
+    "SIGNIFICANCE_TESTS", "align",
     "csv_rows", "default_output_dir", "evaluate_frame", "evaluate_systems", "expand_inputs", "fmt_entry", "fmt_p",
     "fmt_value", "format_table", "is_empty_text", "label_csv", "load_systems", "markdown", "metrics_json",
     "prepare", "read_results_csv", "resolve_columns", "resolve_images", "source_paths", "standardise",

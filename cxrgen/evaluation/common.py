@@ -19,6 +19,10 @@ class EvaluationInputError(ValueError):
     """Bad input: the message names the file, column, line or ids concerned."""
 
 
+class NothingToScoreError(EvaluationInputError):
+    """Every row of a system is excluded (status error, empty reference): no metric can be computed."""
+
+
 class MissingColumnError(EvaluationInputError):
     """A column the evaluation needs is absent; ``role`` is ``id``, ``hyp``, ``ref`` or ``text``
     (a command line can name the option that sets it)."""

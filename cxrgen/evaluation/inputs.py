@@ -3,8 +3,9 @@
 * :func:`read_results_csv` reads one CSV strictly (every value a string; quoting errors, rows of
   the wrong length, bytes that are not UTF-8 are errors naming the line); a byte-order mark and
   CRLF line ends are fine.
-* A runner shard part ``<run>/parts/shard-<i>-of-<n>.csv`` is read up to the length its
-  ``.committed`` marker records (:func:`committed_length`, the one place that reads markers).
+* A runner shard part ``<run>/parts/shard-<i>-of-<n>.csv`` is read through
+  :func:`cxrgen.runstore.read_part`: its committed bytes, read consistently while a run may be
+  appending to it; a part with nothing committed has no rows.
 * :func:`load_systems` groups the inputs into systems: the parts of one run are one system named
   after the run folder; ``NAME=PATH`` names a system.
 * :func:`resolve_columns` finds the id, generated-report, reference, status and image columns,
@@ -39,7 +40,8 @@ from cxrgen.evaluation.common import (
     where,
 )
 
-ID, HYP, REF, STATUS, IMAGE = "id", "generated_report", "reference", "status", "image_path"
+ID, HYP, REF, STATUS, IMAGE = (runstore.COL.id, runstore.COL.generated_report, runstore.COL.reference,
+                               runstore.COL.status, runstore.COL.image_path)
 ROLES = {"id": "study id", "hyp": "generated report", "ref": "reference report"}
 # Accepted names per role, in order of preference (compared lower-case, spaces and '-' as '_').
 COLUMN_NAMES: dict[str, tuple[str, ...]] = {
@@ -53,58 +55,49 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
 }
 CANONICAL = {"id": ID, "hyp": HYP, "ref": REF, "status": STATUS, "image": IMAGE}
 GENERIC_STEMS = {"results", "generated", "generated_reports", "predictions", "outputs", "reports"}
-_SHARD = re.compile(r"shard-\d+-of-\d+")
 
 
 # ----------------------------------------------------------------------------------------------
 # Files
 
 
-def committed_length(path: Path) -> int | None:
-    """The committed byte length of a runner shard part (its ``.committed`` marker, read with
-    :mod:`cxrgen.runstore`), or None for any other file or a part without a marker. A part whose
-    marker names another run than its run folder's ``parts/run-config.json`` (left over from an
-    earlier run in the same folder) is an error."""
-    if not _SHARD.fullmatch(path.stem):
-        return None
-    try:
-        marker = runstore.read_marker(path)
-        in_run = path.parent.name == "parts"
-        saved = runstore.read_json(runstore.run_config_path(path.parent.parent)) if in_run else None
-    except (ValueError, runstore.RunError) as exc:
-        raise EvaluationInputError(str(exc)) from None
-    if marker is None:
-        return None
-    run_id, length = marker
-    if saved and run_id is not None and saved.get("run_id") not in (None, run_id):
-        raise EvaluationInputError(f"{path}: written by run {run_id}, but its run folder is now run "
-                                   f"{saved.get('run_id')}: a part left from an earlier run, not part of this one")
-    return length
-
-
-def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV strictly: every value a string, quoting errors and rows whose field count
-    differs from the header's are errors with the line number where the record starts. The frame
-    gets two extra columns naming the source file and line of each row. A file with a header and
-    no rows gives an empty frame.
-
-    A runner shard part with a ``.committed`` file is read up to its committed length; bytes
-    after it (a batch being written when the run stopped) are ignored, with a log line."""
+def input_bytes(path: Path) -> bytes:
+    """The bytes of a results file; of a runner shard part, only its committed rows (b"" when nothing is committed
+    yet), read through :func:`cxrgen.runstore.read_part`. A part left from an earlier run in its run folder is an
+    error."""
     path = Path(path)
-    csv.field_size_limit(1 << 27)
     try:
-        raw = path.read_bytes()
+        if runstore.is_part(path) and path.is_file():
+            raw = runstore.read_part(path)
+            size = path.stat().st_size
+            if size > len(raw):
+                log.info("%s: reading its %d committed bytes, ignoring %d bytes written after them (rows not yet "
+                         "committed)", path, len(raw), size - len(raw))
+            return raw
+        return path.read_bytes()
+    except runstore.RunError as exc:
+        raise EvaluationInputError(str(exc)) from None
     except FileNotFoundError:
         raise EvaluationInputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise EvaluationInputError(f"{path}: is a folder, not a CSV file") from None
     except OSError as exc:
         raise EvaluationInputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    limit = committed_length(path)
-    if limit is not None and len(raw) > limit:
-        log.warning("%s: reading the committed %d bytes, ignoring %d bytes written after them (an unfinished batch)",
-                    path, limit, len(raw) - limit)
-        raw = raw[:limit]
+
+
+def read_results_csv(path: str | os.PathLike, raw: bytes | None = None) -> pd.DataFrame:
+    """Read a CSV strictly: every value a string, quoting errors and rows whose field count
+    differs from the header's are errors with the line number where the record starts. The frame
+    gets two extra columns naming the source file and line of each row. A file with a header and
+    no rows gives an empty frame. ``raw``: the file's bytes when already read (:func:`input_bytes`).
+
+    A runner shard part is read up to its committed length (:func:`input_bytes`); a part with
+    nothing committed is an error saying so."""
+    path = Path(path)
+    csv.field_size_limit(1 << 27)
+    raw = input_bytes(path) if raw is None else raw
+    if not raw and runstore.is_part(path):
+        raise EvaluationInputError(f"{path}: nothing committed yet (a shard part whose first rows are being written)")
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise EvaluationInputError(f"{path}, line {line}: a NUL byte; this is not a CSV text file")
@@ -173,7 +166,8 @@ def expand_inputs(args: Sequence[str]) -> list[tuple[str | None, Path]]:
 
 
 def is_shard_part(path: Path) -> bool:
-    return path.parent.name == "parts" and bool(_SHARD.fullmatch(path.stem))
+    """A runner shard part inside its run folder (``<run>/parts/shard-<i>-of-<n>.csv``)."""
+    return path.parent.name == "parts" and runstore.is_part(path)
 
 
 def system_of(path: Path) -> tuple[str, str]:
@@ -212,7 +206,8 @@ def load_systems(args: Sequence[str]) -> dict[str, pd.DataFrame]:
         raise EvaluationInputError(f"several inputs have the same system name ({detail}); name them as NAME=PATH")
     systems = {}
     for name, paths in groups.values():
-        started = [p for p in paths if committed_length(p) != 0]
+        raw = {p: input_bytes(p) for p in paths}
+        started = [p for p in paths if raw[p] or not runstore.is_part(p)]
         for p in paths:
             if p not in started:
                 log.info("%s: skipped, nothing committed yet (shard not started)", p)
@@ -220,7 +215,7 @@ def load_systems(args: Sequence[str]) -> dict[str, pd.DataFrame]:
             raise EvaluationInputError(f"system {name}: none of its shard parts has committed rows; nothing to score")
         frames = []
         for p in started:
-            df = read_results_csv(p)
+            df = read_results_csv(p, raw[p])
             if len(df) == 0 and len(started) > 1:
                 log.info("%s: a header and no rows; skipped", p)
                 continue

@@ -21,7 +21,8 @@ import pandas as pd
 
 from cxrgen.evaluation import summaries
 from cxrgen.evaluation.alignment import Prepared, align, prepare, restrict
-from cxrgen.evaluation.common import EvaluationInputError, MetricError, MetricUnavailableError, log, text_or_empty, where
+from cxrgen.evaluation.common import (EvaluationInputError, MetricError, MetricUnavailableError, NothingToScoreError, log,
+                                     text_or_empty, where)
 from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, standardise
 from cxrgen.metrics import bootstrap, clinical, significance
 from cxrgen.metrics.base import Metric
@@ -148,7 +149,7 @@ def evaluate_systems(
     prepared: dict[str, Prepared] = {n: prepare(standard[n], n) for n in order}
     for p in prepared.values():
         if not p.ids:
-            raise EvaluationInputError(
+            raise NothingToScoreError(
                 f"{where(standard[p.name])}: no row can be scored ({p.n_rows} rows, "
                 f"{len(p.excluded['error'])} with status error, {len(p.excluded['empty_reference'])} with an empty reference)"
             )

@@ -15,11 +15,11 @@ three functions and one line in ``BACKENDS``.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
-from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest, hub_offline,
-                   static_batches)
+from . import hub
+from .base import (GeneratedReport, Item, ModelError, NotInCacheError, ReportGenerator, checkpoint_digest, placement,
+                   read_json_object, static_batches)
 
 __all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "NotInCacheError", "ReportGenerator", "download",
            "identity", "load",
@@ -39,32 +39,10 @@ def _backend_module(name: str):
 
 def _config_json(model_cfg, allow_download: bool) -> dict | None:
     """The checkpoint's config.json (local folder, local Hub cache, or the Hub when allowed); None when absent."""
-    path = Path(model_cfg.name_or_path).expanduser()
-    if path.exists():
-        file = path / "config.json"
-        if not file.is_file():
-            return None
-        try:
-            return json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{file}: not valid JSON ({e})") from None
-    name = model_cfg.name_or_path
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelError(f"model.name_or_path {name}: no such checkpoint folder (and not a Hub id of the form "
-                         "owner/name)")
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    cached = try_to_load_from_cache(name, "config.json", revision=model_cfg.revision)
-    if isinstance(cached, str):
-        return json.loads(Path(cached).read_text(encoding="utf-8"))
-    if not allow_download or hub_offline():
-        raise NotInCacheError("model.name_or_path", name, model_cfg.revision, allow_download)
-    try:
-        return json.loads(Path(hf_hub_download(name, "config.json", revision=model_cfg.revision)).read_text())
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        raise ModelError(f"model.name_or_path {name}: config.json could not be fetched from the Hugging Face Hub "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    folder, _ = hub.find(hub.Lookup("model.name_or_path", model_cfg.name_or_path, model_cfg.revision, ("config.json",),
+                                    allow_download=allow_download))
+    file = folder / "config.json"
+    return read_json_object(file, "") if file.is_file() else None
 
 
 def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
@@ -86,8 +64,9 @@ def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
 def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
     """What decides the reports beyond the settings themselves, found without loading any weight: the backend that
     runs them (``backend`` when the caller already has one, else resolved), the checkpoint itself (its Hub commit,
-    or for a local folder a digest of its config and weight index; None when it cannot be found yet) and the
-    content digest of the adapter, if any. A resumed run refuses a checkpoint or adapter whose files changed."""
+    or for a local folder a digest of its config and weight index; None when it cannot be found yet), the content
+    digest of the adapter, if any, and the device kind and dtype ``auto`` resolves to here. A resumed run refuses a
+    checkpoint or adapter whose files changed, and a machine on which the run would compute in another dtype."""
     backend = backend or resolve_backend(model_cfg)
     checkpoint = None
     if backend in BACKENDS:
@@ -102,7 +81,8 @@ def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
         from .adapters import adapter_digest
 
         digest = adapter_digest(model_cfg)
-    return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest}
+    return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest,
+            **placement(model_cfg)}
 
 
 def load(model_cfg) -> ReportGenerator:

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ModelError, NotInCacheError, hub_offline, read_json_object
+from . import hub
+from .base import ModelError, read_json_object
 
 log = logging.getLogger("cxrgen")
 
@@ -89,26 +90,8 @@ def adapter_digest(model_cfg) -> str:
 
 
 def _adapter_folder(spec: str, allow_download: bool) -> tuple[Path, str | None]:
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"model.adapter {spec}: not a folder (a PEFT adapter is a folder with {CONFIG_FILE})")
-        return path, None
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelError(f"model.adapter {spec}: no such adapter folder (and not a Hub id of the form owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    local_only = hub_offline() or not allow_download
-    try:
-        folder = Path(snapshot_download(spec, local_files_only=local_only,
-                                        allow_patterns=[CONFIG_FILE, *WEIGHT_FILES]))
-    except LocalEntryNotFoundError:
-        raise NotInCacheError("model.adapter", spec, None, allow_download) from None
-    except HfHubHTTPError as e:
-        raise ModelError(f"model.adapter {spec}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
-    return folder, commit
+    return hub.find(hub.Lookup("model.adapter", spec, None, (CONFIG_FILE,), (tuple(WEIGHT_FILES),), "adapter",
+                               allow_download))
 
 
 def read_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:

@@ -50,6 +50,45 @@ class NotInCacheError(ModelError):
         self.setting, self.repo_id, self.revision = setting, repo_id, revision
 
 
+def resolve_device(device="auto"):
+    """``model.device`` as a torch device: ``auto`` is CUDA when there is one, else the CPU; a CUDA device without
+    CUDA is a ValueError."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
+    return device
+
+
+def resolve_dtype(dtype, device):
+    """``model.dtype`` as a torch dtype: ``auto`` is bfloat16 on CUDA and float32 on the CPU."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+    return names[dtype]
+
+
+def placement(model_cfg) -> dict[str, str]:
+    """The kind of device (``cpu``, ``cuda``) and the dtype a run of ``model_cfg`` computes in, as they resolve on
+    this machine (``auto`` differs between a GPU node and a CPU node); part of a run's identity."""
+    import torch
+
+    kind = str(model_cfg.device).split(":")[0]
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve_dtype(model_cfg.dtype, torch.device(kind))
+    return {"model.device_kind": kind, "model.dtype": str(dtype).replace("torch.", "")}
+
+
 def top_p_filter(probs, top_p: float):
     """Nucleus filtering of probabilities [..., vocab]: a token is kept while the mass of the tokens ranked above it
     is below ``top_p`` (so the most probable one always is); the others get probability 0. This is the rule of

@@ -10,7 +10,7 @@ single HTML file that needs no server and no network:
   (:mod:`cxrgen.evaluation.tables`: ``0.1235 [0.1000, 0.1500]``), the difference to the baseline
   with its p-value, and one-click links to each system's worst studies. The metrics, their order,
   names and directions come from the metric registry (:mod:`cxrgen.metrics.registry`).
-* **Plots** (matplotlib, embedded PNG): per-sample score distributions per system and metric,
+* **Plots** (SVG written by :mod:`cxrgen.report.plots`): per-sample score distributions per system and metric,
   per-observation clinical F1 with intervals, and the paired differences against the baseline.
 * **Study browser**: per study the X-ray thumbnail, the reference, every system's generated report
   with the words it shares with the reference marked, the per-sample scores, and the labeler's
@@ -47,16 +47,18 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
+from cxrgen import runstore
 from cxrgen.evaluation import tables
 from cxrgen.evaluation.common import duplicated_ids, is_empty_text as _is_empty, text_or_empty as _text
 from cxrgen.imaging import ImageReadError, read_image
 from cxrgen.metrics import labeler, registry
 from cxrgen.report import plots
+from cxrgen.runstore import COL
 
 DEFAULT_PAGE_SIZE = 50
 
-# Columns of the run itself shown after the metrics' columns: generation length and timing.
-RUN_COLUMNS = (("n_new_tokens", "new tokens"), ("seconds", "seconds"))
+# Columns of the run itself shown after the metrics' columns (generation length and timing), from the result row.
+RUN_COLUMNS = runstore.LABELLED
 
 
 def score_columns() -> tuple[list[str], list[str], dict[str, str], set[str]]:
@@ -318,11 +320,11 @@ def page_data(
     findings: bool = True,
     label_reports: Callable[[list[str]], list[dict]] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
-    id_col: str = "id",
-    hyp_col: str = "generated_report",
-    ref_col: str = "reference",
-    status_col: str | None = "status",
-    image_col: str = "image_path",
+    id_col: str = COL.id,
+    hyp_col: str = COL.generated_report,
+    ref_col: str = COL.reference,
+    status_col: str | None = COL.status,
+    image_col: str = COL.image_path,
 ) -> dict:
     """The JSON document the page's script renders (see :func:`write_results_page` for the
     arguments). Keys: ``systems`` (names, baseline first), ``baseline``, ``scores`` (``[key,
@@ -372,7 +374,7 @@ def page_data(
             item: dict = {"st": rec["_status"], "t": _text(rec.get("_hyp"))}
             item["v"] = [_number(rec.get(k)) for k in keys]
             if rec["_status"] == "error":
-                item["e"] = _text(rec.get("error")) or f"status {_text(rec.get(status_col))}"
+                item["e"] = _text(rec.get(COL.error)) or f"status {_text(rec.get(status_col))}"
             if hyp_codes[i][j] is not None:
                 item["l"] = hyp_codes[i][j]
             per_sys.append(item)
@@ -627,13 +629,14 @@ def write_results_page(
     plots_enabled: bool = True,
     label_reports: Callable[[list[str]], list[dict]] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
-    id_col: str = "id",
-    hyp_col: str = "generated_report",
-    ref_col: str = "reference",
-    status_col: str | None = "status",
-    image_col: str = "image_path",
+    id_col: str = COL.id,
+    hyp_col: str = COL.generated_report,
+    ref_col: str = COL.reference,
+    status_col: str | None = COL.status,
+    image_col: str = COL.image_path,
 ) -> Path:
-    """Write the results page to ``path`` (parent folders are created) and return the path.
+    """Write the results page to ``path`` (parent folders are created; atomically: a reader or a kill sees the old
+    page or the new one) and return the path.
 
     ``systems``: system name -> its result rows, one row per study id (columns ``id_col``,
     ``hyp_col``, ``ref_col``; optional ``status_col``, ``error``, ``image_col`` and per-sample
@@ -674,5 +677,5 @@ def write_results_page(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    runstore.atomic_write(path, text.encode("utf-8"))
     return path

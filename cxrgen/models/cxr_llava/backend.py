@@ -133,7 +133,7 @@ def load(model_cfg) -> CxrLlavaBackend:
     try:
         device, dtype = model_cfg.device, model_cfg.dtype
         if quantized:  # read onto the CPU in the run's dtype; the layers are quantized on their way to the GPU
-            from .modeling import resolve_device, resolve_dtype
+            from ..base import resolve_device, resolve_dtype
 
             target = resolve_device(model_cfg.device)
             device, dtype = "cpu", resolve_dtype(model_cfg.dtype, target)

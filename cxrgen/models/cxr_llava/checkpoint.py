@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from ..base import NotInCacheError, hub_offline
+from .. import hub
 from .configuration import CheckpointError
 
 DEFAULT_MODEL_ID = "ECOFRI/CXR-LLAVA-v2"
@@ -40,37 +40,11 @@ IGNORED_TENSORS = [
 
 
 def resolve(name_or_path: str, revision: str | None = None, allow_download: bool = False) -> tuple[Path, str | None]:
-    """A local folder for ``name_or_path`` and the Hub commit it came from (None for a plain local folder).
-
-    A path that exists is used as it is. Anything else is a Hub id, looked up in the local cache (``HF_HOME``,
-    ``HF_HUB_CACHE``); it is downloaded only when ``allow_download`` is true and ``HF_HUB_OFFLINE`` is not set, and
-    then only the files in NEEDED_FILES and the safetensors weights (the .bin weights only if no safetensors exist).
-    """
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: a checkpoint must be a folder (with config.json, tokenizer.model, weights)")
-        return path, None
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise CheckpointError(f"{name_or_path}: no such checkpoint folder (and not a Hub id of the form owner/name)")
-
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    local_only = hub_offline() or not allow_download
-    try:
-        folder = Path(snapshot_download(name_or_path, revision=revision, local_files_only=local_only,
-                                        allow_patterns=NEEDED_FILES + SAFETENSORS_FILES))
-        if not _weight_files(folder, must_exist=False):
-            folder = Path(snapshot_download(name_or_path, revision=revision, local_files_only=local_only,
-                                            allow_patterns=NEEDED_FILES + BIN_FILES))
-    except LocalEntryNotFoundError:
-        raise NotInCacheError("model.name_or_path", name_or_path, revision, allow_download) from None
-    except HfHubHTTPError as e:  # unknown or gated repository, unknown revision, server errors
-        raise CheckpointError(f"{name_or_path}{'@' + revision if revision else ''}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0]}") from None
-    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
-    return folder, commit
+    """A local folder for ``name_or_path`` and the Hub commit it came from (None for a plain local folder), through
+    :func:`cxrgen.models.hub.find`: from the Hub only the files in NEEDED_FILES and the safetensors weights (the .bin
+    weights only if no safetensors exist)."""
+    return hub.find(hub.Lookup("model.name_or_path", name_or_path, revision, tuple(NEEDED_FILES),
+                               (tuple(SAFETENSORS_FILES), tuple(BIN_FILES)), allow_download=allow_download))
 
 
 def check_files(folder: Path) -> list[Path]:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..base import GeneratedReport, top_p_filter
+from ..base import GeneratedReport, resolve_device, resolve_dtype, top_p_filter  # noqa: F401  (re-exported)
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
 from .decoding import Request, Shapes, attention_dtype, decode_stream, rotate_half
@@ -37,27 +37,6 @@ from .llama import LlamaForCausalLM, LlamaSizes, rope_tables
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
 from .vision import VisionTower
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA and float32 on the CPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
-    return names[dtype]
 
 
 class CxrLlava(nn.Module):

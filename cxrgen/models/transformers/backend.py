@@ -37,15 +37,15 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..base import (Finished, GeneratedReport, Item, ModelError, NotInCacheError, checkpoint_digest, hub_offline,
-                    read_json_object, static_batches, top_p_filter)
+from .. import hub
+from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches,
+                    top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -62,37 +62,12 @@ _SEP_STOPPING = {"blip"}
 # -- finding the checkpoint --------------------------------------------------------------------------------------
 
 def resolve(model_cfg, allow_download: bool | None = None) -> tuple[Path, str | None]:
-    """The local folder of ``model.name_or_path`` and the Hub commit it is (None for a plain local folder)."""
-    name = model_cfg.name_or_path
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"model.name_or_path {name}: a checkpoint must be a folder (config.json, processor "
-                             "files, weights)")
-        return path, None
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelError(f"model.name_or_path {name}: no such checkpoint folder (and not a Hub id of the form "
-                         "owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
+    """The local folder of ``model.name_or_path`` and the Hub commit it is (None for a plain local folder), through
+    :func:`cxrgen.models.hub.find`."""
     allow = model_cfg.allow_download if allow_download is None else allow_download
-    local_only = hub_offline() or not allow
-    patterns = HUB_FILES + (["*.py"] if model_cfg.trust_remote_code else [])
-    where = f"model.name_or_path {name}{'@' + model_cfg.revision if model_cfg.revision else ''}"
-    try:
-        folder = Path(snapshot_download(name, revision=model_cfg.revision, local_files_only=local_only,
-                                        allow_patterns=patterns + SAFETENSORS_FILES))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(name, revision=model_cfg.revision, local_files_only=local_only,
-                                            allow_patterns=patterns + BIN_FILES))
-    except LocalEntryNotFoundError:
-        raise NotInCacheError("model.name_or_path", name, model_cfg.revision, allow) from None
-    except (HfHubHTTPError, OSError, ValueError) as e:  # unknown or gated repository, unknown revision, ...
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelError(f"{where}: {type(e).__name__}: {first}") from None
-    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
-    return folder, commit
+    files = tuple(HUB_FILES + (["*.py"] if model_cfg.trust_remote_code else []))
+    return hub.find(hub.Lookup("model.name_or_path", model_cfg.name_or_path, model_cfg.revision, files,
+                               (tuple(SAFETENSORS_FILES), tuple(BIN_FILES)), allow_download=allow))
 
 
 def locate(model_cfg) -> tuple[Path, str | None]:
@@ -481,7 +456,7 @@ def _dtype_keyword() -> str:
 
 
 def load(model_cfg) -> TransformersBackend:
-    from ..cxr_llava.modeling import resolve_device, resolve_dtype
+    from ..base import resolve_device, resolve_dtype
 
     folder, commit = resolve(model_cfg)
     raw = _read_config(folder)
