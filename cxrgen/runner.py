@@ -28,17 +28,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from .config import Config
 from .datasets import Selection, Study, load_studies
 from .exits import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_SIGINT, EXIT_USAGE  # noqa: F401
 from .finishing import finish
+from .loader import PrepareStudy, prepared_studies, worker_count
 from .models import Item, ModelError, identity
 from .provenance import data_files, versions
 from .runstore import COL, LockHeldError, ResultRow, RunError, RunPlan, RunStore, SettingsChangedError, ShardWriter
-from .threads import allotted_cpus, configure_threads
+from .threads import configure_threads
 
 log = logging.getLogger("cxrgen")
 
@@ -80,64 +80,6 @@ def shard_studies(studies: list[Study], shard: tuple[int, int]) -> list[Study]:
     """Deterministic split: shard i takes studies i, i+n, i+2n, ... of the selection's order."""
     i, n = shard
     return studies[i::n]
-
-
-# -- images in background workers -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Prepare:
-    """Picklable per-study work for DataLoader workers: read the image, hand it to the backend's preparer."""
-
-    prepare_image: Callable[[Any], Any]
-    max_pixels: int
-    percentile_window: tuple[float, float] | None
-
-    def __call__(self, study: Study) -> tuple[Study, Any, str]:
-        from .imaging import ImageReadError, read_image
-
-        try:
-            image = read_image(study.image_paths[0], max_pixels=self.max_pixels,
-                               percentile_window=self.percentile_window)
-            return study, self.prepare_image(image), ""
-        except ImageReadError as e:
-            return study, None, str(e)
-        except Exception as e:  # a decoder or preprocessing bug must cost one row, not the run
-            return study, None, f"{study.image_paths[0]}: {type(e).__name__}: {e}"
-
-
-class _StudyDataset:
-    def __init__(self, studies: list[Study], prepare: _Prepare):
-        self.studies, self.prepare = studies, prepare
-
-    def __len__(self) -> int:
-        return len(self.studies)
-
-    def __getitem__(self, index: int):
-        return self.prepare(self.studies[index])
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the main process, which finishes its rows and stops them."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _one(item):
-    return item
-
-
-def prepared_studies(studies: list[Study], prepare: _Prepare, num_workers: int, prefetch: int):
-    """(study, inputs or None, error) in order, prepared ``prefetch`` studies ahead per worker process."""
-    if num_workers == 0:
-        for study in studies:
-            yield prepare(study)
-        return
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(_StudyDataset(studies, prepare), batch_size=None, shuffle=False, num_workers=num_workers,
-                        collate_fn=_one, prefetch_factor=max(2, prefetch), worker_init_fn=_ignore_stop_signals,
-                        persistent_workers=False)
-    yield from loader
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
@@ -270,7 +212,7 @@ def _load(cfg: Config, model, writer, n_todo: int):
 
         model = models.load(cfg.model)
     threads = configure_threads(model.device)
-    workers = _workers(cfg.loader.num_workers, n_todo)
+    workers = worker_count(cfg.loader.num_workers, n_todo)
     info = model.describe()
     writer.note_model(info, model.render_prompt(cfg.prompt), threads=threads, loader_workers=workers,
                       versions=versions())
@@ -280,18 +222,10 @@ def _load(cfg: Config, model, writer, n_todo: int):
     return model
 
 
-def _workers(setting, n_studies: int) -> int:
-    """loader.num_workers, with auto = one per allotted CPU beyond the first, at most 8, never more than studies."""
-    if setting != "auto":
-        return int(setting)
-    return max(0, min(allotted_cpus() - 1, 8, n_studies - 1))
-
-
 def _run_studies(cfg: Config, model, todo: list[Study], writer: ShardWriter, stop: "_StopFlag", progress: bool,
                  workers: int) -> None:
     """Prepare the studies in workers, stream them through the model, commit rows as they finish."""
-    window = tuple(cfg.loader.percentile_window) if cfg.loader.percentile_window else None
-    prepare = _Prepare(model.image_preparer(), cfg.loader.max_pixels, window)
+    prepare = PrepareStudy.for_loader(model.image_preparer(), cfg.loader)
     pending: list[ResultRow] = []  # error rows waiting for the next commit
     taken: dict[int, Item] = {}  # studies handed to the model and not handed back yet
 

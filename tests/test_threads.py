@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from cxrgen import runner, threads
+from cxrgen import loader, threads
 
 
 @pytest.fixture
@@ -74,11 +74,11 @@ def test_configure_threads_follows_slurm_and_yields_to_omp_num_threads(machine, 
 def test_auto_loader_workers_never_exceed_the_cpus(machine, monkeypatch, affinity, studies, expected):
     machine(64, affinity)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    workers = runner._workers("auto", studies)
+    workers = loader.worker_count("auto", studies)
     assert workers == expected
-    assert runner._workers(5, studies) == 5  # an explicit number is taken as given
+    assert loader.worker_count(5, studies) == 5  # an explicit number is taken as given
     # PyTorch warns when a DataLoader has more workers than the affinity mask allows: never with auto
-    loader = torch.utils.data.DataLoader(list(range(4)), num_workers=workers)
+    data_loader = torch.utils.data.DataLoader(list(range(4)), num_workers=workers)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loader.check_worker_number_rationality()
+        data_loader.check_worker_number_rationality()
