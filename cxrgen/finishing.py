@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from .config import Config
 from .exits import EXIT_OK, EXIT_ROW_ERRORS
 from .provenance import project_commit, versions
-from .runstore import (COL, RunError, RunStore, SettingsChangedError, atomic_write, read_reports_csv, reports_csv,
-                       write_json)
+from .runstore import (COL, RunError, RunStore, SettingsChangedError, atomic_write, leakage_counts, read_reports_csv,
+                       reports_csv, write_json)
 
 log = logging.getLogger("cxrgen")
 
@@ -99,6 +99,11 @@ def finish(store: RunStore, settings: Config | None = None) -> int:
         write_json(store.output("run.json"), run_info)
     log.info("merged %d studies into %s (%d ok, %d error)%s", len(rows), store.output("reports.csv"),
              len(rows) - n_error, n_error, "" if evaluation is None else f"; metrics in {store.output('metrics.json')}")
+    leaked = leakage_counts(rows)
+    if leaked:
+        log.info("retrieval: %d of %d studies had index rows left out by the leakage rules (same study id %d, same "
+                 "image content %d, same patient %d); run.json counts.leakage_*", leaked["studies"], len(rows),
+                 leaked["id"], leaked["image"], leaked["patient"])
     if evaluation is not None:
         log.info("%s", _headline(evaluation.summary))
     return code
@@ -160,7 +165,8 @@ def _run_info(store: RunStore, cfg: Config, merged, n_error: int, state: dict) -
         "started": min((e["started"] for r in records for e in r.get("history", [])), default=None),
         "finished": datetime.now(timezone.utc).isoformat(),
         "counts": {"selected": len(merged.rows), "ok": len(merged.rows) - n_error, "error": n_error,
-                   **{f"dataset_{k}": v for k, v in saved.get("dataset_counts", {}).items()}},
+                   **{f"dataset_{k}": v for k, v in saved.get("dataset_counts", {}).items()},
+                   **{f"leakage_{k}": v for k, v in (leakage_counts(merged.rows) or {}).items()}},
         "finishing": {"state": state},
     }
 

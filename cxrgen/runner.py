@@ -147,9 +147,13 @@ def _error_row(study: Study, error: str) -> ResultRow:
 
 
 def _report_row(study: Study, report, seconds: float) -> ResultRow:
+    source = report.source
+    retrieved = {} if source is None else {
+        "retrieved_id": source.id, "retrieved_image": source.image_path, "similarity": source.similarity,
+        "leakage": ",".join(source.leakage)}
     return ResultRow(id=study.id, image_path=study.image_paths[0], reference=study.reference,
                      generated_report=report.text, status="ok", error="", n_new_tokens=report.n_new_tokens,
-                     stopped_at_eos=report.stopped_at_eos, seconds=round(seconds, 4))
+                     stopped_at_eos=report.stopped_at_eos, seconds=round(seconds, 4), **retrieved)
 
 
 def _generate(cfg, store: RunStore, lock, shard, resume, limit, model, progress, stop: "_StopFlag") -> int:

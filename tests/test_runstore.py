@@ -239,3 +239,24 @@ def test_the_merge_refuses_an_id_present_twice_even_with_different_rows(tmp_path
             writer.end(ids[shard[0]::2], None)
     with pytest.raises(RunError, match="ids present more than once across the parts: S002"):
         store.merged_rows()
+
+
+def test_retrieval_columns_read_back_and_older_files_read_with_their_defaults(tmp_path):
+    """A retrieved row's source study, similarity and leakage rules come back as written; a generated row's
+    similarity stays missing (not 0), and a results file written before these columns existed still reads."""
+    part = PartFile(tmp_path / "shard-0-of-1.csv", "run")
+    generated = ResultRow("A", "a.png", "ref", "gen", "ok", "", 3, True, 0.5)
+    retrieved = ResultRow("B", "b.png", "ref", "train report", "ok", "", 0, True, 0.25, retrieved_id="T7",
+                          retrieved_image="/data/t7.png", similarity=0.9123456789012345, leakage="id,image")
+    assert part.append([generated, retrieved]) == 2
+    back = [ResultRow.from_record(r) for r in part.read().to_dict("records")]
+    assert back == [generated, retrieved] and back[0].similarity is None
+    assert runstore.leakage_counts(part.read()) == {"studies": 1, "id": 1, "image": 1, "patient": 0}
+    assert runstore.leakage_counts(part.read().iloc[:1]) is None  # nothing retrieved: no leakage counts
+
+    old = tmp_path / "old.csv"
+    old.write_text('"id","image_path","reference","generated_report","status","error","n_new_tokens",'
+                   '"stopped_at_eos","seconds","bleu_1"\n"A","a.png","ref","gen","ok","",3,True,0.5,0.25\n')
+    frame = runstore.read_reports_csv(old, "old.csv")
+    assert list(frame.columns) == [*runstore.COLUMNS, "bleu_1"]
+    assert ResultRow.from_record(frame.iloc[0].to_dict()) == generated

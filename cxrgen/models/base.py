@@ -2,7 +2,7 @@
 
 The runner knows a model only through this interface::
 
-    backend = cxrgen.models.load(cfg.model)                 # weights on the device, nothing read yet
+    backend = cxrgen.models.load(cfg)                       # weights on the device, nothing read yet
     prepare = backend.image_preparer()                      # picklable: runs in the DataLoader workers
     inputs = prepare(image)                                 # 8-bit grey PIL image -> the backend's tensors
     for finished in backend.stream(items, cfg.prompt, cfg.generation):
@@ -132,12 +132,25 @@ def read_json_object(file, missing: str) -> dict:
     return raw
 
 
+@dataclass(frozen=True)
+class Source:
+    """The study a report was taken from, for a backend that retrieves reports rather than writing them: its id and
+    image, the cosine similarity of its image to the study's, and the leakage rules (``id``, ``image``,
+    ``patient``) that left index entries out of this study's candidates."""
+
+    id: str
+    image_path: str
+    similarity: float
+    leakage: tuple[str, ...] = ()
+
+
 @dataclass
 class GeneratedReport:
     text: str
     token_ids: list[int]  # generated ids, the closing end-of-sequence token excluded
     n_new_tokens: int  # len(token_ids)
     stopped_at_eos: bool  # False: the max_new_tokens limit was reached first
+    source: Source | None = None  # where a retrieved report comes from (None: generated)
 
 
 @dataclass

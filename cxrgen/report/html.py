@@ -334,7 +334,8 @@ def page_data(
     "rl", "img" | "imgerr", "s"}`` with ``rl`` the reference's label codes (one of ``P N U .`` per
     observation: positive, negative, uncertain, not mentioned) and ``s`` one entry per system:
     ``null`` when the study is missing there, else ``{"st": status, "t": text, "v": [scores],
-    "l": label codes}`` plus ``"e"`` (the error message) for an error row."""
+    "l": label codes}`` plus ``"e"`` (the error message) for an error row and ``"r"`` (``{"id", "sim", "img"}``:
+    the study a retrieved report came from, the similarity, its thumbnail) for a retrieval backend's row."""
     if not systems:
         raise ResultsPageError("no systems to show")
     names = list(systems)
@@ -356,6 +357,7 @@ def page_data(
         ref_codes, hyp_codes = [None] * len(studies), [[None] * len(order) for _ in studies]
     root = Path(image_root) if image_root is not None else None
     thumbs = _thumbnails([st.image_path for st in studies], thumbnail_px, root)
+    retrieved = _retrieved_thumbnails(studies, thumbnail_px, root)
     out_studies = []
     for i, st in enumerate(studies):
         entry: dict = {"id": st.id, "ref": st.reference}
@@ -377,6 +379,8 @@ def page_data(
                 item["e"] = _text(rec.get(COL.error)) or f"status {_text(rec.get(status_col))}"
             if hyp_codes[i][j] is not None:
                 item["l"] = hyp_codes[i][j]
+            if _text(rec.get(COL.retrieved_id)):
+                item["r"] = _retrieved(rec, retrieved)
             per_sys.append(item)
         entry["s"] = per_sys
         out_studies.append(entry)
@@ -394,6 +398,22 @@ def page_data(
         "n_total": n_total,
         "studies": out_studies,
     }
+
+
+def _retrieved_thumbnails(studies: list[_Study], size: int, root: Path | None) -> dict[str, str | None]:
+    """Thumbnails of the studies that reports were retrieved from (a retrieval backend's rows), by image path."""
+    paths = sorted({_text(rec.get(COL.retrieved_image)) for st in studies for rec in st.rows
+                    if rec is not None and _text(rec.get(COL.retrieved_image))})
+    return {p: uri for p, (uri, _) in zip(paths, _thumbnails(paths, size // 2, root))}
+
+
+def _retrieved(rec: Mapping, thumbs: Mapping[str, str | None]) -> dict:
+    """The study a retrieved report came from, for the page: ``{"id", "sim", "img"}``."""
+    out: dict = {"id": _text(rec.get(COL.retrieved_id)), "sim": _number(rec.get(COL.similarity))}
+    uri = thumbs.get(_text(rec.get(COL.retrieved_image)))
+    if uri:
+        out["img"] = uri
+    return out
 
 
 def json_for_script(data) -> str:

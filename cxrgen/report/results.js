@@ -233,6 +233,20 @@
     return t;
   }
 
+  // The study a retrieved report was taken from (retrieval backend), shown beside the report.
+  function retrievedFrom(r) {
+    var box = el("div", "retrieved");
+    if (r.img) {
+      var img = el("img");
+      img.src = r.img;
+      img.alt = "X-ray " + r.id;
+      box.appendChild(img);
+    }
+    var sim = r.sim === null || r.sim === undefined ? "" : " (cosine " + Number(r.sim).toFixed(3) + ")";
+    box.appendChild(el("span", "muted", "retrieved from " + r.id + sim));
+    return box;
+  }
+
   function studyRow(st, s) {
     var tr = el("tr", "study");
     tr.dataset.id = st.id;
@@ -262,7 +276,10 @@
       } else {
         td.appendChild(el("span", "badge", it.st));
         if (it.st === "error") td.appendChild(el("p", "error", it.e || "error"));
-        else td.appendChild(reportText(it.t, refWords));
+        else {
+          if (it.r) td.appendChild(retrievedFrom(it.r));
+          td.appendChild(reportText(it.t, refWords));
+        }
         if (SC.length && it.st !== "error") {
           var scored = SC.some(function (sc, k) { return sc[3] === "score" && it.v[k] !== null; });
           if (!scored && SC.some(function (sc) { return sc[3] === "score"; })) {

@@ -19,14 +19,15 @@ outside this package opens a part, a marker, a record or a lock.
 from .files import RunError, atomic_write, read_json, write_json
 from .lock import FileLock, LockHeldError, LockLostError
 from .parts import PartFile, PartReadBackError, is_part
-from .rows import (COL, COLUMNS, LABELLED, TEXT_COLUMNS, ResultRow, clean_text, empty_frame, read_reports_csv,
-                   reports_csv, rows_to_csv)
+from .rows import (COL, COLUMNS, LABELLED, LEAKAGE_RULES, TEXT_COLUMNS, ResultRow, clean_text, empty_frame,
+                   leakage_counts, read_reports_csv, reports_csv, rows_to_csv)
 from .store import (OUTPUTS, RUN_DEFINING, Merged, RunPlan, RunStore, SettingsChangedError, ShardWriter, defining,
                     read_part)
 
 __all__ = [
-    "COL", "COLUMNS", "FileLock", "LABELLED", "LockHeldError", "LockLostError", "Merged", "OUTPUTS", "PartFile",
-    "PartReadBackError", "RUN_DEFINING", "ResultRow", "RunError", "RunPlan", "RunStore", "SettingsChangedError",
-    "ShardWriter", "TEXT_COLUMNS", "atomic_write", "clean_text", "defining", "empty_frame", "is_part", "read_json",
-    "read_part", "read_reports_csv", "reports_csv", "rows_to_csv", "write_json",
+    "COL", "COLUMNS", "FileLock", "LABELLED", "LEAKAGE_RULES", "LockHeldError", "LockLostError", "Merged", "OUTPUTS",
+    "PartFile", "PartReadBackError", "RUN_DEFINING", "ResultRow", "RunError", "RunPlan", "RunStore",
+    "SettingsChangedError", "ShardWriter", "TEXT_COLUMNS", "atomic_write", "clean_text", "defining", "empty_frame",
+    "is_part", "leakage_counts", "read_json", "read_part", "read_reports_csv", "reports_csv", "rows_to_csv",
+    "write_json",
 ]

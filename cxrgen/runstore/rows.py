@@ -35,8 +35,11 @@ class ResultRow:
     """One study's outcome. ``status`` is ``ok`` (a report was generated) or ``error`` (``error`` says why, e.g. an
     unreadable image); ``n_new_tokens`` counts the generated tokens without the end-of-sequence token,
     ``stopped_at_eos`` is False when ``max_new_tokens`` was reached first, ``seconds`` is the wall time since the
-    previous reports were handed back, shared among the reports that finished together. A field's ``label``
-    (metadata) is how the results page names it."""
+    previous reports were handed back, shared among the reports that finished together. A backend that takes its
+    reports from other studies (the retrieval backend) names that study in ``retrieved_id`` and
+    ``retrieved_image``, the cosine ``similarity`` of the two images, and in ``leakage`` the rules that left index
+    entries out of this study's candidates (``id``, ``image``, ``patient``, comma-separated); a generator leaves
+    them empty. A field's ``label`` (metadata) is how the results page names it."""
 
     id: str
     image_path: str
@@ -47,6 +50,10 @@ class ResultRow:
     n_new_tokens: int = field(metadata={"label": "new tokens"})
     stopped_at_eos: bool
     seconds: float = field(metadata={"label": "seconds"})
+    retrieved_id: str = ""
+    retrieved_image: str = ""
+    similarity: float | None = field(default=None, metadata={"label": "similarity"})
+    leakage: str = ""
 
     def record(self) -> dict[str, Any]:
         """The row as it is stored: a dict in column order, text cleaned (:func:`clean_text`)."""
@@ -54,14 +61,25 @@ class ResultRow:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "ResultRow":
-        """A row from a dict of its columns (extra keys ignored), each converted to its field's type."""
-        return cls(**{c: TYPES[c](record[c]) for c in COLUMNS})
+        """A row from a dict of its columns (extra keys ignored), each converted to its field's type; an optional
+        number that is missing (None, NaN, '') is None."""
+        return cls(**{c: None if c in OPTIONAL and _missing(record[c]) else TYPES[c](record[c]) for c in COLUMNS})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and value != value)
 
 
 _HINTS = typing.get_type_hints(ResultRow)
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultRow))
-TYPES: dict[str, type] = {c: _HINTS[c] for c in COLUMNS}
+#: Columns whose value may be missing (``float | None``): written as an empty field, read back as None.
+OPTIONAL: frozenset[str] = frozenset(c for c in COLUMNS if type(None) in typing.get_args(_HINTS[c]))
+TYPES: dict[str, type] = {c: next(a for a in typing.get_args(_HINTS[c]) if a is not type(None)) if c in OPTIONAL
+                          else _HINTS[c] for c in COLUMNS}
 TEXT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if TYPES[c] is str)
+#: Columns added after the first results were written, with the value an older file's rows take.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ResultRow)
+                            if f.default is not dataclasses.MISSING}
 #: Column names as attributes (``COL.generated_report``), so that no other module spells them out.
 COL = SimpleNamespace(**{c: c for c in COLUMNS})
 #: Columns the results page shows beside the scores, with their labels.
@@ -105,12 +123,17 @@ def read_reports_csv(source, name: str) -> pd.DataFrame:
     empty), any further columns as pandas reads them. Raises :class:`RunError` naming ``name``."""
     try:
         frame = pd.read_csv(source, dtype={c: _PANDAS_TYPES[TYPES[c]] for c in COLUMNS}, keep_default_na=False,
-                            **_EXACT_FLOATS)
+                            na_values={c: [""] for c in OPTIONAL}, **_EXACT_FLOATS)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, TypeError) as e:
         raise RunError(f"{name}: not a readable results CSV ({str(e).splitlines()[0]})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    missing = [c for c in COLUMNS if c not in frame.columns and c not in DEFAULTS]
     if missing:
         raise RunError(f"{name}: missing columns {', '.join(missing)}")
+    for column in (c for c in COLUMNS if c not in frame.columns):  # written before the column existed
+        default = DEFAULTS[column]
+        frame.insert(COLUMNS.index(column), column, pd.Series(
+            [default] * len(frame), index=frame.index, dtype=_PANDAS_TYPES[TYPES[column]] if default is not None
+            else "float64"))
     for column in TEXT_COLUMNS:  # pandas 3 reads strings as its own string dtype; keep plain objects
         frame[column] = frame[column].astype(object)
     return frame
@@ -123,3 +146,16 @@ def reports_csv(frame: pd.DataFrame) -> bytes:
         if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
             frame[column] = frame[column].map(clean_text)
     return frame.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).encode("utf-8")
+
+
+LEAKAGE_RULES = ("id", "image", "patient")
+
+
+def leakage_counts(frame: pd.DataFrame) -> dict[str, int] | None:
+    """How many rows had index entries left out of their candidates, per leakage rule (``id``, ``image``,
+    ``patient``), and how many by any rule (``studies``); None when no row was retrieved from an index."""
+    if COL.retrieved_id not in frame.columns or not (frame[COL.retrieved_id].astype(str) != "").any():
+        return None
+    rules = frame[COL.leakage].fillna("").astype(str).str.split(",")
+    counts = {rule: int(rules.map(lambda found, r=rule: r in found).sum()) for rule in LEAKAGE_RULES}
+    return {"studies": int((frame[COL.leakage].fillna("").astype(str) != "").sum()), **counts}
