@@ -8,6 +8,7 @@ transformers image-text-to-text model); write reports.csv, metrics.json, run.jso
   python generate_cxr.py --merge RUN_DIR --set evaluation.bootstrap=200   # evaluate a finished run again
   python generate_cxr.py --download-model                      # once, on a machine with internet
   python generate_cxr.py --make-split --set data.root=/data/iu # IU X-ray Kaggle download: write its split files
+  python generate_cxr.py --config configs/rad-dino-retrieval.yaml --build-index   # retrieval: build its index
 
 Exit codes: 0 all studies ok; 3 finished, some studies are error rows; 2 bad configuration or input, or another
 process is working on the same shard or merge (the line names it); 4 the shard could not commit every row (the
@@ -53,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write the benchmark's indiana_{train,val,test}.csv into data.root (data.format "
                         "iu_xray_kaggle, made from indiana_reports.csv) and exit")
     p.add_argument("--force", action="store_true", help="with --make-split: replace split files that differ")
+    p.add_argument("--build-index", action="store_true",
+                   help="model.backend retrieval: build the index of retrieval.split (or finish a killed build) and "
+                        "exit; a run builds it itself when it is missing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -71,13 +75,15 @@ def main(argv=None) -> int:
             raise ConfigError(f"--limit must be a positive integer; got {args.limit}")
         if args.download_model:
             from cxrgen import models
-            folder, commit = models.download(cfg.model)
+            folder, commit = models.download(cfg)
             print(f"{cfg.model.name_or_path} at {commit or 'local folder'}: {folder}")
             return runner.EXIT_OK
         if args.force and not args.make_split:
             raise ConfigError("--force only goes with --make-split")
         if args.make_split:
             return make_split(cfg, force=args.force)
+        if args.build_index:
+            return build_index(cfg)
         shard = runner.parse_shard(args.shard)
         return runner.generate(cfg, shard=shard, resume=args.resume, limit=args.limit, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -117,6 +123,25 @@ def make_split(cfg, force: bool) -> int:
     said = {"written": "written", "replaced": "replaced", "unchanged": "already there with these rows, left as is"}
     for name in SPLITS:
         print(f"  {result.files[name]}: {c[name]} studies, {said[result.status[name]]}")
+    return runner.EXIT_OK
+
+
+def build_index(cfg) -> int:
+    """--build-index: build or finish the retrieval index; SIGTERM/SIGUSR1/Ctrl-C stop it after the batch in flight
+    is committed (exit 75 or 130, as a run)."""
+    from cxrgen.models.retrieval import BuildInterrupted
+    from cxrgen.models.retrieval import build_index as build
+
+    if cfg.model.backend != "retrieval":
+        raise ConfigError(f"--build-index needs model.backend: retrieval; model.backend is {cfg.model.backend}")
+    with runner.StopFlag() as stop:
+        try:
+            index = build(cfg, stop=lambda: stop.signal is not None)
+        except BuildInterrupted as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return stop.exit_code
+    counts = ", ".join(f"{k} {v}" for k, v in index.info["counts"].items() if v)
+    print(f"{index.folder}: {index.info['count']} studies indexed ({counts})")
     return runner.EXIT_OK
 
 

@@ -57,8 +57,8 @@ class DataConfig:
 class ModelConfig:
     """The checkpoint, how it is loaded and where it runs.
 
-    backend          auto | cxr_llava | transformers (auto: cxr_llava when the checkpoint's config.json has
-                     clip_vision_cfg, else transformers)
+    backend          auto | cxr_llava | transformers | retrieval (auto: cxr_llava when the checkpoint's
+                     config.json has clip_vision_cfg, else transformers; retrieval is always named)
     name_or_path     Hugging Face id (read from the local cache) or a local checkpoint folder
     revision         Hub branch, tag or commit to use (null: main)
     dtype            auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32
@@ -153,6 +153,29 @@ class EvaluationConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """The retrieval backend (model.backend: retrieval): the report of the most similar study of an index.
+
+    split       the split of the run's dataset (data:, with its reference section and views) whose studies make
+                the index: train | val | test | all
+    k           neighbours considered per study: 1 takes the nearest study's report; more take, among the k
+                nearest, the report most similar to the other k-1 (README, "Retrieval")
+    pooling     auto | cls | pooler | mean | image_features: how an image becomes one vector (auto: by model family)
+    chunk_size  index rows per matrix product on the device (memory, not results)
+    index_dir   folder of the cached indexes, one subfolder per index key
+    leakage     exclude (index entries with the study's own id, image content or patient are left out of its
+                candidates) | off (nothing left out: only to check an index, never for reported numbers)
+    """
+
+    split: str = "train"
+    k: int = 1
+    pooling: str = "auto"
+    chunk_size: int = 65536
+    index_dir: str = ".cache/retrieval"
+    leakage: str = "exclude"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -161,6 +184,7 @@ class Config:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +218,9 @@ CHOICES = {
     "data.views": ("frontal", "all"),
     "data.reference": ("findings", "impression", "findings+impression"),
     "evaluation.uncertain": ("positive", "negative", "exclude"),
+    "retrieval.split": ("train", "val", "validate", "test", "all"),
+    "retrieval.pooling": ("auto", "cls", "pooler", "mean", "image_features"),
+    "retrieval.leakage": ("exclude", "off"),
 }
 
 
@@ -350,6 +377,8 @@ def validate(cfg: Config) -> None:
         ("loader.prefetch_batches", cfg.loader.prefetch_batches >= 1, ">= 1"),
         ("loader.max_pixels", cfg.loader.max_pixels >= 1, "a positive integer"),
         ("evaluation.bootstrap", cfg.evaluation.bootstrap >= 0, ">= 0"),
+        ("retrieval.k", cfg.retrieval.k >= 1, "a positive integer"),
+        ("retrieval.chunk_size", cfg.retrieval.chunk_size >= 1, "a positive integer"),
     ]
     for key, ok, allowed in checks:
         if not ok:

@@ -84,7 +84,7 @@ def shard_studies(studies: list[Study], shard: tuple[int, int]) -> list[Study]:
 
 # -- the run -----------------------------------------------------------------------------------------------------
 
-class _StopFlag:
+class StopFlag:
     """Set by SIGTERM/SIGUSR1/SIGINT; the run stops feeding studies, commits the rows in flight and stops.
 
     A second SIGINT raises KeyboardInterrupt at once."""
@@ -135,7 +135,7 @@ def generate(cfg: Config, *, shard: tuple[int, int] = (0, 1), resume: bool = Tru
 
     ``model``: an already loaded backend (a :class:`cxrgen.models.ReportGenerator`); default: load ``cfg.model``.
     """
-    with _StopFlag() as stop:  # from the start: a signal during a long model load must not kill the process
+    with StopFlag() as stop:  # from the start: a signal during a long model load must not kill the process
         store = RunStore(cfg.run_dir)
         with store.shard_lock(shard) as lock:  # another process on this shard: LockHeldError, nothing touched
             return _generate(cfg, store, lock, shard, resume, limit, model, progress, stop)
@@ -156,11 +156,11 @@ def _report_row(study: Study, report, seconds: float) -> ResultRow:
                      stopped_at_eos=report.stopped_at_eos, seconds=round(seconds, 4), **retrieved)
 
 
-def _generate(cfg, store: RunStore, lock, shard, resume, limit, model, progress, stop: "_StopFlag") -> int:
+def _generate(cfg, store: RunStore, lock, shard, resume, limit, model, progress, stop: "StopFlag") -> int:
     selection = select_studies(cfg, limit)
     studies = shard_studies(selection.studies, shard)
     plan = RunPlan(cfg, shard, limit, [s.id for s in selection.studies],
-                   identity(cfg.model, getattr(model, "name", None)), selection.counts, data_files(cfg.data))
+                   identity(cfg, getattr(model, "name", None)), selection.counts, data_files(cfg.data))
     if not resume:
         store.start_over(shard)
     run_id = store.begin(plan, resume)
@@ -214,7 +214,7 @@ def _load(cfg: Config, model, writer, n_todo: int):
     if model is None:
         from . import models
 
-        model = models.load(cfg.model)
+        model = models.load(cfg)
     threads = configure_threads(model.device)
     workers = worker_count(cfg.loader.num_workers, n_todo)
     info = model.describe()
@@ -226,7 +226,7 @@ def _load(cfg: Config, model, writer, n_todo: int):
     return model
 
 
-def _run_studies(cfg: Config, model, todo: list[Study], writer: ShardWriter, stop: "_StopFlag", progress: bool,
+def _run_studies(cfg: Config, model, todo: list[Study], writer: ShardWriter, stop: "StopFlag", progress: bool,
                  workers: int) -> None:
     """Prepare the studies in workers, stream them through the model, commit rows as they finish."""
     prepare = PrepareStudy.for_loader(model.image_preparer(), cfg.loader)

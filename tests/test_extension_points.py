@@ -85,7 +85,7 @@ def test_a_backend_and_a_layout_defined_here_run_through_the_whole_pipeline(tmp_
         "output": {"dir": str(tmp_path / "runs"), "run_name": "toy", "html": True},
         "evaluation": {"bootstrap": 20},
     }))
-    with pytest.raises(ConfigError, match="model.backend must be one of auto, cxr_llava, transformers; got 'toy'"):
+    with pytest.raises(ConfigError, match="model.backend must be one of auto, cxr_llava, transformers, retrieval; got .toy."):
         load_config(cfg_path)
 
     monkeypatch.setitem(sys.modules, "toy_layout", layout)  # the modules, as if they were files in the package

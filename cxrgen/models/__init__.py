@@ -5,11 +5,16 @@ Backends (``model.backend``):
     cxr_llava      CXR-LLaVA-v2 in its published checkpoint layout (cxrgen.models.cxr_llava)
     transformers   any checkpoint that transformers' AutoProcessor + AutoModelForImageTextToText load
                    (cxrgen.models.transformers)
+    retrieval      an image encoder (AutoModel + AutoImageProcessor) and an index of a split's studies: the report
+                   of the most similar study (cxrgen.models.retrieval)
     auto           cxr_llava when the checkpoint's config.json has ``clip_vision_cfg``, else transformers
 
 Each backend module provides ``load(model_cfg) -> ReportGenerator``, ``locate(model_cfg) -> (folder, commit)``
 (without downloading) and ``download(model_cfg) -> (folder, commit)``. Adding a backend is one module with those
-three functions and one line in ``BACKENDS``.
+three functions and one line in ``BACKENDS``. A backend whose model depends on more than the ``model:`` section
+(the retrieval backend's index is built from ``data:`` and ``retrieval:``) sets ``RUN_SETTINGS = True`` and gets
+the run's whole :class:`cxrgen.config.Config` instead; it may add entries to the run's identity with
+``extra_identity(cfg) -> dict``. The functions here take either the run's Config or its model section.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = ["BACKENDS", "GeneratedReport", "Item", "ModelError", "NotInCacheError
 BACKENDS = {
     "cxr_llava": "cxrgen.models.cxr_llava.backend",
     "transformers": "cxrgen.models.transformers.backend",
+    "retrieval": "cxrgen.models.retrieval.backend",
 }
 
 
@@ -35,6 +41,23 @@ def _backend_module(name: str):
     if name not in BACKENDS:
         raise ModelError(f"model.backend must be auto or one of {', '.join(BACKENDS)}; got {name!r}")
     return importlib.import_module(BACKENDS[name])
+
+
+def _model_section(settings):
+    """The model section of ``settings`` (the run's Config, or the model section itself)."""
+    return getattr(settings, "model", settings)
+
+
+def _call(name: str, function: str, settings):
+    """Backend ``name``'s module-level ``function`` with what it takes: the run's Config for a backend that
+    declares ``RUN_SETTINGS``, else the model section."""
+    module = _backend_module(name)
+    if not getattr(module, "RUN_SETTINGS", False):
+        return getattr(module, function)(_model_section(settings))
+    if not hasattr(settings, "model"):
+        raise ModelError(f"model.backend {name} needs the run's settings, not only its model section "
+                         "(its model depends on data: and retrieval: too)")
+    return getattr(module, function)(settings)
 
 
 def _config_json(model_cfg, allow_download: bool) -> dict | None:
@@ -45,11 +68,12 @@ def _config_json(model_cfg, allow_download: bool) -> dict | None:
     return read_json_object(file, "") if file.is_file() else None
 
 
-def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
-    """The backend that runs ``model_cfg``: ``model.backend`` itself, or for ``auto`` the one its config.json names.
+def resolve_backend(settings, allow_download: bool | None = None) -> str:
+    """The backend that runs ``settings``: ``model.backend`` itself, or for ``auto`` the one its config.json names.
 
     ``auto`` for a missing folder that the demo builds (``build_tiny_if_missing``) is ``cxr_llava``.
     """
+    model_cfg = _model_section(settings)
     if model_cfg.backend != "auto":
         _backend_module(model_cfg.backend)  # an unknown name is an error naming the key
         return model_cfg.backend
@@ -61,35 +85,39 @@ def resolve_backend(model_cfg, allow_download: bool | None = None) -> str:
     return "cxr_llava" if "clip_vision_cfg" in raw else "transformers"
 
 
-def identity(model_cfg, backend: str | None = None) -> dict[str, str | None]:
+def identity(settings, backend: str | None = None) -> dict[str, str | None]:
     """What decides the reports beyond the settings themselves, found without loading any weight: the backend that
     runs them (``backend`` when the caller already has one, else resolved), the checkpoint itself (its Hub commit,
     or for a local folder a digest of its config and weight index; None when it cannot be found yet), the content
-    digest of the adapter, if any, and the device kind and dtype ``auto`` resolves to here. A resumed run refuses a
-    checkpoint or adapter whose files changed, and a machine on which the run would compute in another dtype."""
+    digest of the adapter, if any, the device kind and dtype ``auto`` resolves to here, and what the backend adds
+    (``extra_identity``: the retrieval backend's index key). A resumed run refuses a checkpoint, adapter or index
+    whose files changed, and a machine on which the run would compute in another dtype."""
+    model_cfg = _model_section(settings)
     backend = backend or resolve_backend(model_cfg)
-    checkpoint = None
+    checkpoint, extra = None, {}
     if backend in BACKENDS:
         try:
-            folder, commit = _backend_module(backend).locate(model_cfg)
+            folder, commit = _call(backend, "locate", settings)
         except ModelError:  # not there (yet): loading it will say why
             pass
         else:
             checkpoint = commit or checkpoint_digest(folder)
+            if hasattr(_backend_module(backend), "extra_identity"):
+                extra = _call(backend, "extra_identity", settings)
     digest = None
     if model_cfg.adapter:
         from .adapters import adapter_digest
 
         digest = adapter_digest(model_cfg)
     return {"model.backend": backend, "model.checkpoint": checkpoint, "model.adapter_sha256": digest,
-            **placement(model_cfg)}
+            **placement(model_cfg), **extra}
 
 
-def load(model_cfg) -> ReportGenerator:
-    """Load the configured model onto its device (nothing is read from the dataset yet)."""
-    return _backend_module(resolve_backend(model_cfg)).load(model_cfg)
+def load(settings) -> ReportGenerator:
+    """Load the configured model onto its device (nothing is read from the test studies yet)."""
+    return _call(resolve_backend(settings), "load", settings)
 
 
-def download(model_cfg):
+def download(settings):
     """Fetch the configured checkpoint into the Hugging Face cache; returns (local folder, commit or None)."""
-    return _backend_module(resolve_backend(model_cfg, allow_download=True)).download(model_cfg)
+    return _call(resolve_backend(settings, allow_download=True), "download", settings)
