@@ -169,8 +169,9 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 3
     return out
 
 
-def ensure_tiny_checkpoint(path: str | Path, **kwargs) -> Path:
-    """Build the tiny checkpoint at ``path`` unless it is already there.
+def ensure_tiny_checkpoint(path: str | Path, build=None, **kwargs) -> Path:
+    """Build the tiny checkpoint at ``path`` unless it is already there (``build``: the builder, by default this
+    module's :func:`build_tiny_checkpoint`; ``kwargs`` go to it).
 
     The checkpoint is written to a temporary folder and renamed into place, so a concurrent or interrupted build
     never leaves a half-written checkpoint behind.
@@ -180,7 +181,7 @@ def ensure_tiny_checkpoint(path: str | Path, **kwargs) -> Path:
         return path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_checkpoint(tmp, **kwargs)
+    (build or build_tiny_checkpoint)(tmp, **kwargs)
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished first
