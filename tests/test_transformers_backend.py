@@ -339,7 +339,8 @@ def test_every_shipped_config_loads_and_validates(path):
     documented = yaml.safe_load(path.read_text())
     if cfg.model.backend in ("transformers", "retrieval"):  # the model configs list every key, as config.yaml does
         assert {s: set(v) for s, v in documented.items()} == {s: set(v) for s, v in cfg.to_dict().items()}
-        assert cfg.prompt.user is not None and cfg.model.trust_remote_code is False
+        assert cfg.model.trust_remote_code is False
+        assert (cfg.prompt.user is not None) == (cfg.model.backend == "transformers")  # retrieval writes no prompt
 
 
 def test_model_configs_are_shipped():

@@ -54,7 +54,6 @@ class RetrievalBackend:
     def describe(self) -> dict[str, Any]:
         info = self.index.info
         return {"backend": self.name, **self.encoder.describe(), "quantization": "none", "adapter": None,
-                "trust_remote_code": False,
                 "index": {"folder": str(self.index.folder), "key": info["key"], "count": info["count"],
                           "dim": info["dim"], "split": self.settings.split, "counts": info["counts"]},
                 "k": self.settings.k, "leakage": self.settings.leakage, "chunk_size": self.settings.chunk_size}
@@ -72,6 +71,7 @@ class RetrievalBackend:
             raise ModelError("generation.temperature must be 0 for model.backend retrieval (nothing is sampled)")
         if generation.batch_invariant:
             raise ModelError("generation.batch_invariant: true is supported by the cxr_llava backend only")
+        self.leaked = dict.fromkeys(self.leaked, 0)
         try:
             yield from static_batches(self.retrieve, items, generation.batch_size)
         finally:

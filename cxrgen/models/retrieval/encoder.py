@@ -162,9 +162,10 @@ class Encoder:
     """A loaded image encoder: :meth:`embed` turns a batch of ``pixel_values`` into unit vectors (float32)."""
 
     def __init__(self, model, processor, *, pooling: str, folder: Path, revision: str | None, source: str,
-                 fields: dict):
+                 fields: dict, trust_remote_code: bool = False):
         self.model, self.processor, self.pooling = model, processor, pooling
         self.folder, self.revision, self.source, self.fields = folder, revision, source, fields
+        self.trust_remote_code = trust_remote_code
         self.dim = int(self.embed(self._probe()).shape[1])  # a rule the model cannot follow fails here, at load
 
     @property
@@ -216,6 +217,7 @@ class Encoder:
         return {"source": self.source, "folder": str(self.folder), "revision": self.revision,
                 "digest": checkpoint_digest(self.folder), "weights": self.fields["weights"],
                 "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self.device),
+                "trust_remote_code": self.trust_remote_code,
                 "model_class": type(self.model).__name__, "image_processor_class": type(self.processor).__name__,
                 "pooling": self.pooling, "dim": self.dim, "transformers": transformers.__version__}
 
@@ -247,4 +249,4 @@ def load_encoder(cfg) -> Encoder:
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     model.to(device).eval()
     return Encoder(model, processor, pooling=fields["pooling"], folder=folder, revision=commit,
-                   source=model_cfg.name_or_path, fields=fields)
+                   source=model_cfg.name_or_path, fields=fields, trust_remote_code=model_cfg.trust_remote_code)
