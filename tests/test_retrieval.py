@@ -131,9 +131,13 @@ def unit(rows: int, dim: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("chunk_size", [1000, 64, 7, 1])
 def test_nearest_is_numpys_brute_force_on_random_embeddings(chunk_size):
     index, queries = unit(1000, 24, 0), unit(17, 24, 1)
-    excluded = [list(np.random.default_rng(q).choice(1000, size=q % 4 * 5, replace=False)) for q in range(17)]
-    sims, positions = nearest(torch.from_numpy(queries), torch.from_numpy(index), 5, chunk_size, excluded)
     full = queries.astype(np.float64) @ index.astype(np.float64).T
+    best = np.argsort(-full, axis=1)
+    # some queries lose their own nearest rows (and random others), as the leakage rules make them
+    excluded = [sorted(set(best[q, :q % 4]) | set(np.random.default_rng(q).choice(1000, size=q % 3 * 5,
+                                                                                   replace=False)))
+                for q in range(17)]
+    sims, positions = nearest(torch.from_numpy(queries), torch.from_numpy(index), 5, chunk_size, excluded)
     for q, banned in enumerate(excluded):
         full[q, banned] = -np.inf
     expected = np.argsort(-full, axis=1, kind="stable")[:, :5]
@@ -331,7 +335,11 @@ def test_the_index_is_cached_under_its_key_and_rebuilt_when_the_key_changes(enco
         return index_key(c, load_encoder(c).fields)[0]
 
     base = key(cfg)
-    assert key(settings(tmp_path, encoders["dinov2-seed1"], manifest)) != base  # other weights, same shapes
+    moved = tmp_path / "encoder"
+    shutil.copytree(encoders["dinov2"], moved)
+    before = key(settings(tmp_path, moved, manifest))
+    shutil.copy(encoders["dinov2-seed1"] / "model.safetensors", moved / "model.safetensors")
+    assert key(settings(tmp_path, moved, manifest)) != before  # the same folder, other weights of the same shapes
     assert key(settings(tmp_path, encoders["dinov2"], manifest, data={"reference_column": "id"})) != base
     assert key(settings(tmp_path, encoders["dinov2"], manifest, retrieval={"pooling": "mean"})) != base
     assert key(settings(tmp_path, encoders["dinov2"], manifest, retrieval={"split": "all"})) != base
@@ -538,3 +546,33 @@ def test_one_unreadable_test_image_is_one_error_row(encoders, tmp_path):
     rows = reports(cfg.run_dir).set_index("id")
     assert rows.loc["QBAD", "status"] == "error" and "absent.png" in rows.loc["QBAD", "error"]
     assert (rows.drop(index="QBAD")["status"] == "ok").all() and rows.loc["QBAD", "retrieved_id"] == ""
+
+
+def test_mimic_cxr_patients_are_respected(encoders, tmp_path):
+    """MIMIC-CXR's layout carries the patient (subject_id): a test study never gets a training study of its own
+    patient, though with the rule off that study is its nearest."""
+    root = tmp_path / "mimic"
+    images = {"d1": ("10000001", "50000001", "train", 11), "d2": ("10000002", "50000002", "train", 12),
+              "d3": ("10000003", "50000003", "train", 13), "d9": ("10000001", "50000009", "test", 11)}
+    for dicom, (subject, study, _, seed) in images.items():
+        folder = root / "files" / f"p{subject[:2]}" / f"p{subject}"
+        image = folder / f"s{study}" / f"{dicom}.jpg"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        noise_image(tmp_path / f"{dicom}.png", seed)
+        Image.open(tmp_path / f"{dicom}.png").save(image, quality=95 if dicom != "d9" else 90)  # d9: d1, re-encoded
+        (folder / f"s{study}.txt").write_text(f"FINDINGS: Findings of {study}.\nIMPRESSION: Impression of {study}.\n")
+    pd.DataFrame([{"dicom_id": d, "subject_id": s, "study_id": st, "ViewPosition": "PA"}
+                  for d, (s, st, _, _) in images.items()]).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    pd.DataFrame([{"dicom_id": d, "study_id": st, "subject_id": s, "split": sp}
+                  for d, (s, st, sp, _) in images.items()]).to_csv(root / "mimic-cxr-2.0.0-split.csv", index=False)
+
+    def retrieved(leakage: str) -> pd.Series:
+        cfg = settings(tmp_path, encoders["dinov2"], root, leakage, retrieval={"leakage": leakage},
+                       data={"format": "mimic_cxr", "root": str(root), "manifest": None, "split": "test"})
+        return run(cfg).iloc[0]
+
+    off = retrieved("off")
+    assert (off["id"], off["retrieved_id"], off["leakage"]) == ("s50000009", "s50000001", "")
+    on = retrieved("exclude")
+    assert on["retrieved_id"] in ("s50000002", "s50000003") and on["leakage"] == "patient"
+    assert on["generated_report"] == f"Impression of {on['retrieved_id'][1:]}."
