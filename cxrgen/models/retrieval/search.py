@@ -1,11 +1,11 @@
 """Exact nearest neighbours by cosine similarity, and the rule that picks one report among k.
 
 :func:`nearest` compares every query with every index row: one matrix product per ``chunk_size`` index rows on the
-device (queries [B, d] times a chunk [C, d] transposed), keeping each chunk's k best and then the k best of those.
-Vectors are unit length, so the product is the cosine similarity. Nothing is approximated: the result is the true k
-nearest, ordered by similarity, and among equal similarities by index position (the earlier study first), so ties
-never depend on the chunking or on the kernel. Index rows a query must not see (the leakage rules) are set to -inf
-before the selection and never returned.
+device (queries [B, d] times a chunk [C, d] transposed, in full float32: TF32 is switched off for it on CUDA),
+keeping each chunk's k best and then the k best of those. Vectors are unit length, so the product is the cosine
+similarity. Nothing is approximated: the result is the true k nearest, ordered by similarity, and among equal
+similarities by index position (the earlier study first), so ties never depend on the chunking or on the kernel.
+Index rows a query must not see (the leakage rules) are set to -inf before the selection and never returned.
 
 The cost per query is one pass over the index, N x d multiply-adds: at MIMIC-CXR's size (370,000 x 768) that is
 0.28 G multiply-adds per study, and the index takes 1.1 GB in float32 (bench/RESULTS.md gives the measured
@@ -37,16 +37,12 @@ def nearest(queries, matrix, k: int, chunk_size: int, excluded: Sequence[Sequenc
     batch, total = queries.shape[0], matrix.shape[0]
     rows, cols = _pairs(excluded, batch, queries.device)
     values, positions = [], []
-    for start in range(0, total, chunk_size):
-        block = matrix[start:start + chunk_size]
-        sims = queries @ block.T
-        inside = (cols >= start) & (cols < start + block.shape[0])
-        sims[rows[inside], cols[inside] - start] = float("-inf")
-        take = _first_k(sims, min(k, block.shape[0]))
-        picked = take.nonzero(as_tuple=True)  # row-major: per query, positions in ascending order
-        width = int(take[0].sum())
-        values.append(sims[picked].view(batch, width))
-        positions.append((picked[1] + start).view(batch, width))
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # full float32
+    try:
+        for start in range(0, total, chunk_size):
+            _chunk(queries, matrix[start:start + chunk_size], start, k, rows, cols, values, positions)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     sims, where = torch.cat(values, dim=1), torch.cat(positions, dim=1)  # per query: ascending positions
     order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]  # stable: ties keep position order
     sims, where = sims.gather(1, order).cpu(), where.gather(1, order).cpu()
@@ -56,6 +52,20 @@ def nearest(queries, matrix, k: int, chunk_size: int, excluded: Sequence[Sequenc
         sims = torch.cat([sims, torch.full((batch, pad), float("-inf"))], dim=1)
         where = torch.cat([where, torch.full((batch, pad), -1, dtype=where.dtype)], dim=1)
     return sims, where
+
+
+def _chunk(queries, block, start: int, k: int, rows, cols, values: list, positions: list) -> None:
+    """The k best of one chunk of index rows (``start``: its first position) for every query, appended to
+    ``values`` and ``positions`` in ascending position order; the (query ``rows``, position ``cols``) pairs that
+    are excluded count as -inf."""
+    sims = queries @ block.T
+    inside = (cols >= start) & (cols < start + block.shape[0])
+    sims[rows[inside], cols[inside] - start] = float("-inf")
+    take = _first_k(sims, min(k, block.shape[0]))
+    picked = take.nonzero(as_tuple=True)  # row-major: per query, positions in ascending order
+    width = int(take[0].sum())
+    values.append(sims[picked].view(queries.shape[0], width))
+    positions.append((picked[1] + start).view(queries.shape[0], width))
 
 
 def _pairs(excluded, batch: int, device):
