@@ -323,3 +323,30 @@ def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm)
     merged = json.loads((run_dir / "metrics.json").read_text())  # same reports, bootstrap settings and seed
     for name in ("bleu_1", "rouge_l"):
         assert system["metrics"][name]["value"] == pytest.approx(merged["metrics"][name]["value"], rel=1e-12)
+
+
+def test_the_documented_sbatch_line_builds_a_retrieval_index(slurm):
+    """README, "Retrieval": CONFIG=configs/rad-dino-retrieval.yaml sbatch --array=0 --job-name=cxrgen-index
+    slurm/generate.sbatch --build-index, with a tiny encoder, the demo studies and a CPU node's limits."""
+    from cxrgen.models.retrieval.tiny import build_tiny_dinov2
+
+    clone = _fresh_clone(slurm.root / "clone")
+    (clone / "configs").mkdir()
+    shutil.copy2(ROOT / "configs" / "rad-dino-retrieval.yaml", clone / "configs")
+    encoder = build_tiny_dinov2(slurm.root / "dinov2")
+    index_dir = slurm.root / "indexes"
+    job_env = {**slurm.env, "CXRGEN_VENV": sys.prefix, "OMP_NUM_THREADS": "1",
+               "CONFIG": "configs/rad-dino-retrieval.yaml"}
+    result = slurm.run("sbatch", "--parsable", "--wait", "--array=0", "--job-name=cxrgen-index", "--gres=none",
+                       "--cpus-per-task=1", "--mem=1G", "--time=00:10:00", "slurm/generate.sbatch", "--build-index",
+                       "--set", f"model.name_or_path={encoder}", "--set", "model.device=cpu",
+                       "--set", "data.format=manifest", "--set", f"data.manifest={ROOT / 'demo' / 'manifest.csv'}",
+                       "--set", "data.split=all", "--set", f"retrieval.index_dir={index_dir}",
+                       cwd=clone, env=job_env, check=False, timeout=240)
+    job = result.stdout.strip().split(";")[0]
+    log = clone / f"cxrgen-index-{job}_0.out"
+    text = log.read_text() if log.exists() else "(no log)"
+    assert result.returncode == 0, text + slurm.logs()
+    (folder,) = index_dir.iterdir()
+    assert f"{folder}: 4 studies indexed" in text
+    assert json.loads((folder / "index.json").read_text())["count"] == 4
