@@ -576,3 +576,35 @@ def test_mimic_cxr_patients_are_respected(encoders, tmp_path):
     on = retrieved("exclude")
     assert on["retrieved_id"] in ("s50000002", "s50000003") and on["leakage"] == "patient"
     assert on["generated_report"] == f"Impression of {on['retrieved_id'][1:]}."
+
+
+def test_a_second_start_waits_for_the_build_in_progress_and_uses_its_index(encoders, tmp_path, monkeypatch, caplog):
+    """Shards that start together with no index: one builds it, the others wait for its lock and then read it."""
+    import threading
+
+    from cxrgen.models.retrieval import index as index_module
+
+    manifest = write_data(tmp_path / "data", n_train=6, n_test=1)
+    cfg = settings(tmp_path, encoders["dinov2"], manifest, generation={"batch_size": 2})
+    encoder = load_encoder(cfg)
+    monkeypatch.setattr(index_module, "WAIT_SECONDS", 0.05)
+    builds, started = [], threading.Event()
+    real_build = index_module._build
+
+    def slow_build(*args):
+        builds.append(threading.current_thread().name)
+        started.set()
+        time.sleep(0.5)
+        return real_build(*args)
+
+    monkeypatch.setattr(index_module, "_build", slow_build)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=open_index(cfg, encoder)), name="first")
+    with caplog.at_level(logging.INFO, logger="cxrgen"):
+        first.start()
+        assert started.wait(10)
+        second = open_index(cfg, encoder)  # finds the lock held, waits, then reads the finished index
+        first.join()
+    assert builds == ["first"] and second.folder == results["first"].folder
+    assert np.array_equal(second.embeddings, results["first"].embeddings)
+    assert "is in progress in another process" in caplog.text and "waiting for that build to finish" in caplog.text
