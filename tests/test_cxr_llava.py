@@ -564,6 +564,9 @@ def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch, tiny_d
     import generate_cxr  # the command line adds the command that fetches it
     assert generate_cxr.fetch_hint(e.value) == (": python generate_cxr.py --download-model --set "
                                                "model.name_or_path=ECOFRI/CXR-LLAVA-v2")
+    assert generate_cxr.fetch_hint(e.value, "configs/medgemma-4b-it.yaml") == (  # the user's --config is kept
+        ": python generate_cxr.py --config configs/medgemma-4b-it.yaml --download-model --set "
+        "model.name_or_path=ECOFRI/CXR-LLAVA-v2")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--ECOFRI--CXR-LLAVA-v2"
     (repo / "refs").mkdir(parents=True)

@@ -23,7 +23,8 @@ from cxrgen.evaluation import summaries
 from cxrgen.evaluation.alignment import Prepared, align, prepare, restrict
 from cxrgen.evaluation.common import (EvaluationInputError, MetricError, MetricUnavailableError, NothingToScoreError, log,
                                      text_or_empty, where)
-from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, standardise
+from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, source_paths, standardise
+from cxrgen.evaluation.origins import origin_of, task_differences
 from cxrgen.metrics import bootstrap, clinical, significance
 from cxrgen.metrics.base import Metric
 from cxrgen.metrics.model_metric import ModelMetricFailure
@@ -191,11 +192,16 @@ def evaluate_systems(
     for n in order:
         p, s = prepared[n], scores[n]
         summary = summaries.system_summary(p, s, points[n], boot_values[n])
+        paths = source_paths(frames[n])
+        summary["origin"] = origin_of(paths[0]) if paths else None
         evaluations[n] = Evaluation(name=n, per_sample=summaries.per_sample_frame(p, s), summary=summary,
                                     signature=signature, scores=s)
 
     comparisons = []
-    warnings = []
+    warnings = task_differences({n: evaluations[n].summary["origin"] for n in order})
+    warnings += [f"{n}: made with a tiny random checkpoint, so its reports are noise (a demonstration of the "
+                 "mechanics, not a model)" for n in order
+                 if (evaluations[n].summary["origin"] or {}).get("model", {}).get("random_weights")]
     for n in order[1:]:
         comparisons += _compare(n, baseline, scores, points, boot_values, significance_test, ar_trials, seed)
     if len(order) > 1 and base_scores.n < significance.MIN_STUDIES:

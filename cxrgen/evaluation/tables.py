@@ -156,11 +156,43 @@ def count_lines(summary: Mapping) -> list[str]:
         if "n_not_shared" in s:
             parts.append(f"{s['n_not_shared']} not shared with every system")
         out.append(f"{n}: {s['n_rows']} rows; " + ", ".join(parts))
+        out += [f"  {line}" for line in (origin_line(s.get("origin")), length_line(s.get("lengths"))) if line]
     for n, d in _if_mapping(_if_mapping(summary.get("alignment")).get("dropped")).items():
         if d["n"]:
             why = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items())
             out.append(f"  dropped from {n}: {d['n']} ({why})")
     return out
+
+
+def length_line(lengths: Mapping | None) -> str | None:
+    """``lengths: mean 75 tokens (median 60, 95th percentile 180, max 295); 12% stopped at the token limit; 0% empty``."""
+    if not lengths or lengths.get("mean") is None:
+        return None
+    line = (f"lengths: mean {lengths['mean']:.0f} {lengths['unit']} (median {lengths['median']:.0f}, 95th percentile "
+            f"{lengths['p95']:.0f}, max {lengths['max']})")
+    if lengths.get("stopped_at_limit") is not None:
+        line += f"; {100 * lengths['stopped_at_limit']:.0f}% stopped at the token limit"
+    return line + f"; {100 * (lengths.get('empty') or 0):.0f}% empty"
+
+
+def origin_line(origin: Mapping | None) -> str | None:
+    """What a system's run was made with, in one line (:mod:`cxrgen.evaluation.origins`)."""
+    if not origin:
+        return None
+    m, d, g = origin.get("model") or {}, origin.get("data") or {}, origin.get("decoding") or {}
+    version = (f"revision {m['revision']}" if m.get("revision") else f"digest {m['digest']}" if m.get("digest")
+               else "unversioned")
+    model = f"{m.get('name')} ({m.get('backend')}, {version}, {m.get('dtype')}"
+    model += "".join(f", {k} {m[k]}" for k in ("quantization",) if m.get(k) not in (None, "none"))
+    model += (f", adapter {m['adapter']}" if m.get("adapter") else "") + ")"
+    decoding = ("greedy" if not g.get("temperature") else f"temperature {g['temperature']}, top-p {g.get('top_p')}, "
+                f"seed {g.get('seed')}") + f", max_new_tokens {g.get('max_new_tokens')}, batch {g.get('batch_size')}"
+    if g.get("batch_invariant"):
+        decoding += ", batch-invariant"
+    data = f"{d.get('format')} {d.get('split')}, {d.get('reference')}, {d.get('views')} views, {d.get('selected')} studies"
+    project = origin.get("project") or {}
+    commit = (project.get("commit") or "")[:12] or f"version {project.get('version')}"
+    return f"model {model}; {decoding}; data {data}; cxrgen {commit}"
 
 
 def warning_lines(summary: Mapping) -> list[str]:

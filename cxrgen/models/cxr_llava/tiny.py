@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..base import RANDOM_WEIGHTS_KEY
 from .checkpoint import target_name
 from .configuration import CxrLlavaConfig
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece
@@ -127,7 +128,7 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 3
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(out, legacy=legacy)
     tokenizer = LlamaSentencePiece.from_dir(out)
-    raw = tiny_config(tokenizer.vocab_size, **sizes)
+    raw = {**tiny_config(tokenizer.vocab_size, **sizes), RANDOM_WEIGHTS_KEY: True}
     (out / "config.json").write_text(json.dumps(raw, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2))
 

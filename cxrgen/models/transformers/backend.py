@@ -44,8 +44,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import hub
-from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches,
-                    top_p_filter)
+from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, random_weights, read_json_object,
+                    static_batches, top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -227,7 +227,7 @@ class TransformersBackend:
                 "image_processor_class": classes["image_processor"].__name__,
                 "processor_split": "image part in the loader workers" if self.split
                 else "whole processor in the main process",
-                "transformers": _transformers_version()}
+                "transformers": _transformers_version(), "random_weights": random_weights(self.folder)}
 
     # -- prompt ------------------------------------------------------------------------------------------------
 
