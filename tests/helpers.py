@@ -280,3 +280,17 @@ def transformers_generate(folder: Path, images: list[Path], system: str | None, 
         ids = new[:-1] if stopped else new
         rows.append((processor.decode(new, skip_special_tokens=True).strip(), len(ids), stopped))
     return rows
+
+
+# -- CXR-LLaVA's continuous batching, stopped in the middle -----------------------------------------------------
+
+def stream_tokens(model, requests, stop_after: int | None = None, **kwargs) -> dict:
+    """key -> generated token ids of ``model.stream_reports(requests, **kwargs)``; ``stop_after``: close the stream
+    once that many reports are back (a run stopped in the middle: the rows in flight are lost)."""
+    out, stream = {}, model.stream_reports(requests, **kwargs)
+    for done in stream:
+        out.update((key, report.token_ids) for key, report in done)
+        if stop_after and len(out) >= stop_after:
+            stream.close()
+            break
+    return out
