@@ -1,0 +1,195 @@
+"""The protocols' model-based scorers (cxrgen.metrics.model_based): the settings each passes to RadEval, their
+weights and fetching, CheXbert's uncertain labels."""
+
+import importlib.machinery
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrgen.metrics import clinical
+from cxrgen.metrics import model_based as mb
+
+CHEXBERT_NAMES = [
+    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+    "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices", "No Finding",
+]
+
+
+def test_chexbert_keeps_uncertain_apart(monkeypatch):
+    """RadEval's "classification" labels (1 positive, -1 uncertain, 0 negative or blank) become the codes; the 0/1
+    labels stay RadEval's "rrg" ones (uncertain counts as positive)."""
+    def call(name, hyps, refs, **k):
+        rows = []
+        for t in hyps:
+            row = [0] * 14
+            if "effusion" in t:
+                row[CHEXBERT_NAMES.index("Pleural Effusion")] = -1 if "possible" in t else 1
+            rows.append(row)
+        return {"labels": rows, "label_names": CHEXBERT_NAMES}
+
+    monkeypatch.setattr(mb, "_call_radeval", call)
+    res = mb.score("chexbert", ["possible effusion", "", "effusion"], ["effusion", "effusion", "clear"], device="cpu")
+    j = clinical.COLUMNS.index("pleural_effusion")
+    assert res.hyp_codes[:, j].tolist() == [-1, 0, 1] and res.ref_codes[:, j].tolist() == [1, 1, 0]
+    assert res.hyp_labels[:, j].tolist() == [1, 0, 1]
+
+
+class _Recorder:
+    """Stands in for a RadEval class: records its arguments, returns fixed per-pair values."""
+
+    calls: list = []
+
+    def __init__(self, **kwargs):
+        self.calls.append((type(self).__name__, kwargs))
+
+
+@pytest.fixture
+def fake_radeval(monkeypatch):
+    """Modules named like RadEval's, holding recorders: what the protocol scorers ask RadEval for."""
+    calls = []
+
+    class F1RadGraph(_Recorder):
+        def __call__(self, refs, hyps):
+            calls.append(("F1RadGraph.call", {"refs": refs, "hyps": hyps}))
+            return 0.5, [0.25] * len(hyps), [], []
+
+    class RadGraphRadCliQ(_Recorder):
+        def __call__(self, hyps, refs):
+            calls.append(("RadGraphRadCliQ.call", {"refs": refs, "hyps": hyps}))
+            return 0.5, [0.75] * len(hyps)
+
+    class BERTScorer(_Recorder):
+        def score(self, cands, refs, verbose, batch_size):
+            import torch
+
+            calls.append(("BERTScorer.score", {"cands": cands, "refs": refs}))
+            f = torch.tensor([0.4] * len(cands))
+            return f - 0.1, f + 0.1, f
+
+    def semantic_embedding_scores(refs, hyps, device):
+        calls.append(("semantic_embedding_scores", {"refs": refs, "hyps": hyps, "device": device}))
+        return np.full(len(hyps), 0.9)
+
+    for cls in (F1RadGraph, RadGraphRadCliQ, BERTScorer):
+        cls.calls = calls
+    modules = {
+        "radeval": {}, "radeval.metrics": {}, "radeval.metrics.radgraph": {"F1RadGraph": F1RadGraph},
+        "radeval.metrics.radgraph_radcliq": {}, "radeval.metrics.radgraph_radcliq.radgraph_radcliq":
+            {"RadGraphRadCliQ": RadGraphRadCliQ},
+        "radeval.metrics.bertscore": {}, "radeval.metrics.bertscore._vendor": {"BERTScorer": BERTScorer},
+        "radeval.metrics.RadCliQv1": {}, "radeval.metrics.RadCliQv1.semb_score":
+            {"semantic_embedding_scores": semantic_embedding_scores},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(mb, "_install_radeval_alias", lambda: None)
+    return calls
+
+
+def test_protocol_scorers_ask_radeval_for_the_protocols_settings(fake_radeval):
+    hyps, refs = ["Heart  normal.", "", "Lungs clear."], ["Heart size  normal.", "Effusion.", "Clear lungs."]
+    res = mb.score("radgraph_partial", hyps, refs, device="cpu")
+    assert ("F1RadGraph", {"reward_level": "partial", "model_type": "radgraph", "cuda": -1}) in fake_radeval
+    assert res.per_sample["f1_radgraph"].tolist() == [0.25, 0.0, 0.25]  # the empty report is not scored
+    res = mb.score("radgraph_combined", hyps, refs, device="cpu")
+    assert ("RadGraphRadCliQ", {"model_type": "radgraph"}) in fake_radeval
+    assert res.per_sample["radgraph"].tolist() == [0.75, 0.0, 0.75]
+    res = mb.score("bertscore_distilroberta", hyps, refs, device="cpu")
+    settings = next(kw for name, kw in fake_radeval if name == "BERTScorer")
+    assert settings["model_type"] == "distilroberta-base" and settings["num_layers"] == 5
+    assert settings["idf"] is False and settings["rescale_with_baseline"] is True and settings["lang"] == "en"
+    texts = next(kw for name, kw in fake_radeval if name == "BERTScorer.score")
+    assert texts == {"cands": ["Heart normal.", "Lungs clear."], "refs": ["Heart size normal.", "Clear lungs."]}
+    assert list(res.per_sample) == ["bertscore"] and res.per_sample["bertscore"][1] == 0.0
+    assert res.signature.endswith("bertscore-distilroberta-base-l5+noidf+rescaled+spaces1")
+    res = mb.score("sembscore", hyps, refs, device="cpu")
+    assert res.per_sample["sembscore"].tolist() == pytest.approx([0.9, 0.0, 0.9])
+
+
+def _fake_specs(monkeypatch):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *a, **k):
+        if name in ("radeval", "medspacy", "dotmap", "appdirs", "sklearn", "datasets", "accelerate", "pandas"):
+            return importlib.machinery.ModuleSpec(name, None)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(mb, "_version", lambda dist: {"radeval": "2.2.1"}.get(dist))
+
+
+def _put(cache: Path, repo: str, files: dict[str, bytes]):
+    base = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (base / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (base / "snapshots" / commit / name).write_bytes(data)
+
+
+def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
+    _fake_specs(monkeypatch)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    why = mb.check_available(mb.PROTOCOL_SCORERS)
+    assert "radgraph.tar.gz extracted in" in why["radgraph_partial"] and "radgraph-xl" not in why["radgraph_partial"]
+    assert "radgraph.tar.gz" in why["radgraph_combined"]
+    assert "distilroberta-base" in why["bertscore_distilroberta"]
+    assert "chexbert.pth" in why["sembscore"]
+    for name, reason in why.items():
+        assert f"python evaluate.py --fetch-metric-models {name}" in reason
+    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
+    model_dir.mkdir(parents=True)
+    config = {"dataset_reader": {"token_indexers": {"bert": {"model_name": "org/encoder"}}},
+              "model": {"embedder": {"token_embedders": {"bert": {"model_name": "org/encoder"}}}}}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (model_dir / "weights.th").write_bytes(b"x")
+    _put(tmp_path / "hf" / "hub", "org/encoder", {"config.json": b"{}", "tokenizer_config.json": b"{}"})
+    _put(tmp_path / "hf" / "hub", "distilroberta-base", {"config.json": b"{}", "tokenizer_config.json": b"{}",
+                                                          "model.safetensors": b"x"})
+    assert set(mb.check_available(mb.PROTOCOL_SCORERS)) == {"sembscore"}
+
+
+def test_fetch_gets_the_original_radgraph_archive(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        config = {"dataset_reader": {"token_indexers": {"bert": {"model_name": "org/enc"}}},
+                  "model": {"embedder": {"token_embedders": {"bert": {"model_name": "org/enc"}}}}}
+        for name, data in {"config.json": json.dumps(config).encode(), "weights.th": b"w"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tgz = tmp_path / "radgraph.tar.gz"
+    tgz.write_bytes(archive.getvalue())
+    asked = []
+
+    def download(repo, filename, cache_dir=None, **k):
+        asked.append((repo, filename))
+        return str(tgz) if filename.endswith(".tar.gz") else f"{cache_dir}/{filename}"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, **k: ["config.json", "tokenizer_config.json"])
+    mb.fetch(["radgraph_combined"])
+    assert asked[0] == (mb.RRG_SCORERS, "radgraph.tar.gz")
+    assert (tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph" / "weights.th").read_bytes() == b"w"
