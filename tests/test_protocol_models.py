@@ -1,12 +1,16 @@
 """The protocols' model-based scorers (cxrgen.metrics.model_based): the settings each passes to RadEval, their
-weights and fetching, CheXbert's uncertain labels."""
+weights and fetching, CheXbert's uncertain labels; and, where RadEval is installed, ReXrank's BERTScore (idf off)
+against RadEval's RadCliQ BERTScore (idf on) and RadEval's RadCliQ-v1 arithmetic, on tiny random local models."""
 
 import importlib.machinery
 import importlib.util
 import io
 import json
+import os
+import subprocess
 import sys
 import tarfile
+import textwrap
 import types
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import pytest
 from cxrgen.metrics import clinical
 from cxrgen.metrics import model_based as mb
 
+ROOT = Path(__file__).resolve().parents[1]
 CHEXBERT_NAMES = [
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
     "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
@@ -193,3 +198,88 @@ def test_fetch_gets_the_original_radgraph_archive(monkeypatch, tmp_path):
     mb.fetch(["radgraph_combined"])
     assert asked[0] == (mb.RRG_SCORERS, "radgraph.tar.gz")
     assert (tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph" / "weights.th").read_bytes() == b"w"
+
+
+# ---------------------------------------------------------------- the real RadEval, tiny random models
+
+RADEVAL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import numpy as np, torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    hub = Path(os.environ["HF_HOME"]) / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = hub / "models--distilroberta-base"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    corpus = ["heart size is normal .", "there is a small left pleural effusion .", "no pneumothorax .",
+              "the lungs are clear .", "mild pulmonary edema ."] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(snap))
+    RobertaTokenizer(str(snap / "vocab.json"), str(snap / "merges.txt"), model_max_length=64).save_pretrained(snap)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=16, num_hidden_layers=6,
+                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=80,
+                               pad_token_id=1, bos_token_id=0, eos_token_id=2)).save_pretrained(snap)
+
+    from cxrgen.metrics import model_based as mb, rexrank
+    hyps = ["heart size is normal .", "small left pleural effusion .", "the lungs are clear .", "no edema ."]
+    refs = ["heart size is normal .", "there is a small left pleural effusion .", "no pneumothorax .",
+            "mild pulmonary edema ."]
+    print(json.dumps({"available": mb.check_available(["bertscore_distilroberta"])}))
+    ours = mb.score("bertscore_distilroberta", hyps, refs, device="cpu").per_sample["bertscore"]
+
+    from radeval.metrics.bertscore._vendor import BERTScorer
+    plain = BERTScorer(model_type="distilroberta-base", num_layers=5, rescale_with_baseline=True, idf=False,
+                       lang="en", device="cpu", use_fast_tokenizer=False)
+    _, _, f_plain = plain.score(cands=hyps, refs=refs, verbose=False, batch_size=64)
+
+    mb._install_radeval_alias()  # RadEval 2.2's vendored RadGraph imports itself as RadEval.*
+    import radeval.metrics.RadCliQv1.radcliq as radcliq
+    for name in ("RadGraph", "F1CheXbert", "Bleu"):  # RadCliQ-v1's other models are not needed here
+        setattr(radcliq, name, lambda **kwargs: None)
+    composite = radcliq.CompositeMetric()
+    _, _, f_idf = composite._get_bert_scorer(refs).score(cands=hyps, refs=refs, verbose=False, batch_size=64)
+
+    others = {"radgraph": np.array([0.9, 0.5, 0.1, 0.3]), "semb_score": np.array([0.95, 0.7, 0.4, 0.6]),
+              "bleu_score": np.array([0.8, 0.4, 0.1, 0.2])}
+    results = {}
+    for label, bert in (("ours", np.asarray(ours)), ("idf", f_idf.numpy())):
+        composite._compute_sub_metrics = lambda r, h, bert=bert: {**others, "bertscore": bert}
+        inv, per = composite.predict(refs, hyps)
+        mine = rexrank.radcliq_v1({"radgraph": others["radgraph"], "bertscore": bert,
+                                   "sembscore": others["semb_score"], "bleu_2": others["bleu_score"]})
+        results[label] = {"radeval": [float(inv)] + [float(v) for v in per],
+                          "ours": [float(1 / mine.mean())] + [float(v) for v in mine]}
+    print(json.dumps({"ours": [float(v) for v in ours], "plain": f_plain.tolist(), "idf": f_idf.tolist(),
+                      "radcliq": results}))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("radeval") is None, reason="RadEval is not installed")
+def test_rexrank_bertscore_is_idf_off_where_radevals_radcliq_turns_it_on(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # nothing may come from the network
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", RADEVAL_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    assert lines[0] == {"available": {}}
+    res = lines[1]
+    ours, plain, idf = (np.array(res[k]) for k in ("ours", "plain", "idf"))
+    np.testing.assert_allclose(ours, plain, rtol=0, atol=1e-6)  # ours is BERTScorer with idf off
+    assert ours[0] == pytest.approx(1.0, abs=1e-5) and idf[0] == pytest.approx(1.0, abs=1e-5)  # same text
+    assert np.abs(ours[1:] - idf[1:]).max() > 1e-3  # RadEval's RadCliQ BERTScore (idf on) is another number
+    for label in ("ours", "idf"):  # RadEval's RadCliQ-v1 arithmetic, on the same inputs: ours to its rounding
+        np.testing.assert_allclose(res["radcliq"][label]["ours"], res["radcliq"][label]["radeval"], rtol=1e-6)
+    assert abs(res["radcliq"]["ours"]["ours"][0] - res["radcliq"]["idf"]["ours"][0]) > 1e-4
