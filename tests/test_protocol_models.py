@@ -6,21 +6,18 @@ import importlib.machinery
 import importlib.util
 import io
 import json
-import os
-import subprocess
 import sys
 import tarfile
 import textwrap
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxrgen.metrics import clinical
 from cxrgen.metrics import model_based as mb
+from helpers import fake_metric_packages, hf_cache_put, metric_caches, run_offline_script
 
-ROOT = Path(__file__).resolve().parents[1]
 CHEXBERT_NAMES = [
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
     "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
@@ -122,33 +119,9 @@ def test_protocol_scorers_ask_radeval_for_the_protocols_settings(fake_radeval):
     assert res.per_sample["sembscore"].tolist() == pytest.approx([0.9, 0.0, 0.9])
 
 
-def _fake_specs(monkeypatch):
-    real = importlib.util.find_spec
-
-    def find_spec(name, *a, **k):
-        if name in ("radeval", "medspacy", "dotmap", "appdirs", "sklearn", "datasets", "accelerate", "pandas"):
-            return importlib.machinery.ModuleSpec(name, None)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(mb, "_version", lambda dist: {"radeval": "2.2.1"}.get(dist))
-
-
-def _put(cache: Path, repo: str, files: dict[str, bytes]):
-    base = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (base / "refs").mkdir(parents=True, exist_ok=True)
-    (base / "refs" / "main").write_text(commit)
-    for name, data in files.items():
-        (base / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
-        (base / "snapshots" / commit / name).write_bytes(data)
-
-
 def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
-    _fake_specs(monkeypatch)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
     why = mb.check_available(mb.PROTOCOL_SCORERS)
     assert "radgraph.tar.gz extracted in" in why["radgraph_partial"] and "radgraph-xl" not in why["radgraph_partial"]
     assert "radgraph.tar.gz" in why["radgraph_combined"]
@@ -162,8 +135,8 @@ def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
               "model": {"embedder": {"token_embedders": {"bert": {"model_name": "org/encoder"}}}}}
     (model_dir / "config.json").write_text(json.dumps(config))
     (model_dir / "weights.th").write_bytes(b"x")
-    _put(tmp_path / "hf" / "hub", "org/encoder", {"config.json": b"{}", "tokenizer_config.json": b"{}"})
-    _put(tmp_path / "hf" / "hub", "distilroberta-base", {"config.json": b"{}", "tokenizer_config.json": b"{}",
+    hf_cache_put(hub, "org/encoder", {"config.json": b"{}", "tokenizer_config.json": b"{}"})
+    hf_cache_put(hub, "distilroberta-base", {"config.json": b"{}", "tokenizer_config.json": b"{}",
                                                           "model.safetensors": b"x"})
     assert set(mb.check_available(mb.PROTOCOL_SCORERS)) == {"sembscore"}
 
@@ -172,8 +145,7 @@ def test_fetch_gets_the_original_radgraph_archive(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub import constants
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    metric_caches(monkeypatch, tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -266,14 +238,7 @@ RADEVAL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("radeval") is None, reason="RadEval is not installed")
 def test_rexrank_bertscore_is_idf_off_where_radevals_radcliq_turns_it_on(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # nothing may come from the network
-    env.pop("HF_HUB_CACHE", None)
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    out = subprocess.run([sys.executable, "-c", RADEVAL_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    lines = run_offline_script(RADEVAL_SCRIPT, tmp_path)
     assert lines[0] == {"available": {}}
     res = lines[1]
     ours, plain, idf = (np.array(res[k]) for k in ("ours", "plain", "idf"))
