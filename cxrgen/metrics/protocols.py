@@ -21,7 +21,7 @@ NAME`` and the registry's look-ups of labels and directions (:func:`catalogue`) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -57,7 +57,7 @@ class Reference:
 
 
 FINDINGS = Reference("findings", "findings", "the findings section")
-REXRANK_FI = Reference(
+FINDINGS_IMPRESSION = Reference(
     "findings+impression", "findings+impression:rexrank-json(stripped,empty=None.)",
     "'Findings: {findings} Impression: {impression}', sections stripped, an empty one written 'None.'",
 )
@@ -211,14 +211,8 @@ REXRANK = Protocol(
     n_boot=1000,
     build=_rexrank_metrics,
 )
-REXRANK_FI = Protocol(
-    name="rexrank-fi",
-    title="ReXrank, Findings + Impression table",
-    source=REXRANK.source,
-    reference=REXRANK_FI,
-    n_boot=1000,
-    build=_rexrank_metrics,
-)
+REXRANK_FI = replace(REXRANK, name="rexrank-fi", title="ReXrank, Findings + Impression table",
+                     reference=FINDINGS_IMPRESSION)
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (LLAVA_RAD, REXRANK, REXRANK_FI)}
 
 
