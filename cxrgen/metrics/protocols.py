@@ -69,7 +69,7 @@ class Published:
     reported ``(value, [low, high])``; ``tag`` names it in the signature, ``how`` in the summary; ``scale``
     multiplies value and interval (100 for sacrebleu's BLEU)."""
 
-    tag = ""
+    tag = ""  # the same tag means the same resamples
     how = ""
     scale = 1.0
     n_resamples = 500
@@ -241,15 +241,15 @@ def published_values(protocol: Protocol, scores) -> dict[str, dict]:
     where undefined. Computed from the per-sample statistics under the published code's own resamples."""
     out: dict[str, dict] = {}
     point = scores.point()
-    resampled: dict[int, dict[str, np.ndarray]] = {}
+    resampled: dict[str, dict[str, np.ndarray]] = {}  # by tag: rules with one tag draw the same resamples
     for m in scores.metrics:
         rule = protocol.published.get(m.name)
         if rule is None:
             continue
-        if id(rule) not in resampled:
-            resampled[id(rule)] = scores.from_sums(rule.draws(scores.n) @ scores.stats)
+        if rule.tag not in resampled:
+            resampled[rule.tag] = scores.from_sums(rule.draws(scores.n) @ scores.stats)
         for k in scores.keys[m.name]:
-            values = resampled[id(rule)][k]
+            values = resampled[rule.tag][k]
             if np.isnan(values).any() or not np.isfinite(point[k]):
                 out[k] = {"value": None, "ci": None, "scale": rule.scale, "how": rule.how}
                 continue
