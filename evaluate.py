@@ -302,6 +302,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                                baseline=report.baseline)
     except evaluation.EvaluationInputError as exc:
         hint = " (--output-dir DIR, or --force)" if "holds the outputs of another evaluation" in str(exc) else ""
+        if isinstance(exc, evaluation.MetricUnavailableError) and args.protocol:
+            hint = (f" (everything the protocol uses: python evaluate.py --fetch-metric-models {args.protocol}; "
+                    "or --skip-unavailable)")
         print(f"evaluate.py: error: {_error(exc)}{hint}", file=sys.stderr)
         return EXIT_INPUT
     except ResultsPageError as exc:

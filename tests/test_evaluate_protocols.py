@@ -203,6 +203,8 @@ def test_unavailable_scorers_stop_unless_skipped(monkeypatch, tmp_path, capsys):
     assert evaluate.main([str(csv), "--protocol", "llava-rad", "--n-boot", "0"]) == 2
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("evaluate.py: error:")]
     assert len(errors) == 1 and "--fetch-metric-models radgraph_partial" in errors[0]
+    assert errors[0].endswith("(everything the protocol uses: python evaluate.py --fetch-metric-models llava-rad; "
+                              "or --skip-unavailable)")
     assert "chexbert" not in errors[0]  # CheXbert is optional in this protocol: never a reason to stop
     assert evaluate.main([str(csv), "--protocol", "llava-rad", "--n-boot", "0", "--skip-unavailable",
                           "--output-dir", str(tmp_path / "out")]) == 0
