@@ -259,6 +259,25 @@ def test_radgraph_needs_the_extracted_model_and_its_encoder(monkeypatch, tmp_pat
     assert mb.check_available(["radgraph"]) == {}
 
 
+def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
+    why = mb.check_available(mb.PROTOCOL_SCORERS)
+    assert "radgraph.tar.gz extracted in" in why["radgraph_partial"] and "radgraph-xl" not in why["radgraph_partial"]
+    assert "radgraph.tar.gz" in why["radgraph_combined"]
+    assert "distilroberta-base" in why["bertscore_distilroberta"]
+    assert "chexbert.pth" in why["sembscore"]
+    for name, reason in why.items():
+        assert f"python evaluate.py --fetch-metric-models {name}" in reason
+    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps(_radgraph_config("org/encoder")))
+    (model_dir / "weights.th").write_bytes(b"x")
+    hf_cache_put(hub, "org/encoder", CONFIG)
+    hf_cache_put(hub, "distilroberta-base", {**CONFIG, "model.safetensors": b"x"})
+    assert set(mb.check_available(mb.PROTOCOL_SCORERS)) == {"sembscore"}
+
+
 def test_green_with_weights_needs_a_gpu(monkeypatch, tmp_path):
     fake_metric_packages(monkeypatch)
     hub = metric_caches(monkeypatch, tmp_path)
@@ -307,7 +326,7 @@ def fake_hub(monkeypatch, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    tgz = tmp_path / "radgraph-xl.tar.gz"
+    tgz = tmp_path / "radgraph.tar.gz"  # the archive asked for, whichever RadGraph model
     tgz.write_bytes(archive.getvalue())
     repos = {
         "distilbert-base-uncased": ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -327,7 +346,7 @@ def fake_hub(monkeypatch, tmp_path):
 
     def hf_hub_download(repo, filename, cache_dir=None, **k):
         asked.append((repo, filename, cache_dir))
-        return str(tgz) if filename == "radgraph-xl.tar.gz" else f"{cache_dir}/{repo}/{filename}"
+        return str(tgz) if filename.endswith(".tar.gz") else f"{cache_dir}/{repo}/{filename}"
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
@@ -355,6 +374,13 @@ def test_fetch_radgraph_extracts_and_fetches_its_encoder(fake_hub, tmp_path):
     assert fake_hub[0] == (mb.RRG_SCORERS, "radgraph-xl.tar.gz", str(model_dir.parent))
     assert sorted(f for r, f, c in fake_hub[1:] if r == "org/encoder") == ["config.json", "tokenizer_config.json",
                                                                           "vocab.txt"]
+
+
+def test_fetch_gets_the_original_radgraph_archive_for_the_protocol_scorers(fake_hub, tmp_path):
+    mb.fetch(["radgraph_combined"])
+    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
+    assert fake_hub[0] == (mb.RRG_SCORERS, "radgraph.tar.gz", str(model_dir.parent))
+    assert (model_dir / "weights.th").read_bytes() == b"w"
 
 
 def test_fetch_unreachable_hub_is_one_line(fake_hub):

@@ -1,13 +1,10 @@
-"""The protocols' model-based scorers (cxrgen.metrics.model_based): the settings each passes to RadEval, their
-weights and fetching, CheXbert's uncertain labels; and, where RadEval is installed, ReXrank's BERTScore (idf off)
+"""The protocols' model-based scorers (cxrgen.metrics.model_based): the settings each passes to RadEval, CheXbert's
+uncertain labels (their weights and fetching: tests/test_model_metrics.py); and, where RadEval is installed, ReXrank's BERTScore (idf off)
 against RadEval's RadCliQ BERTScore (idf on) and RadEval's RadCliQ-v1 arithmetic, on tiny random local models."""
 
 import importlib.machinery
 import importlib.util
-import io
-import json
 import sys
-import tarfile
 import textwrap
 import types
 
@@ -16,7 +13,7 @@ import pytest
 
 from cxrgen.metrics import clinical
 from cxrgen.metrics import model_based as mb
-from helpers import fake_metric_packages, hf_cache_put, metric_caches, run_offline_script
+from helpers import run_offline_script
 
 CHEXBERT_NAMES = [
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -117,59 +114,6 @@ def test_protocol_scorers_ask_radeval_for_the_protocols_settings(fake_radeval):
     assert res.signature.endswith("bertscore-distilroberta-base-l5+noidf+rescaled+spaces1")
     res = mb.score("sembscore", hyps, refs, device="cpu")
     assert res.per_sample["sembscore"].tolist() == pytest.approx([0.9, 0.0, 0.9])
-
-
-def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
-    fake_metric_packages(monkeypatch)
-    hub = metric_caches(monkeypatch, tmp_path)
-    why = mb.check_available(mb.PROTOCOL_SCORERS)
-    assert "radgraph.tar.gz extracted in" in why["radgraph_partial"] and "radgraph-xl" not in why["radgraph_partial"]
-    assert "radgraph.tar.gz" in why["radgraph_combined"]
-    assert "distilroberta-base" in why["bertscore_distilroberta"]
-    assert "chexbert.pth" in why["sembscore"]
-    for name, reason in why.items():
-        assert f"python evaluate.py --fetch-metric-models {name}" in reason
-    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
-    model_dir.mkdir(parents=True)
-    config = {"dataset_reader": {"token_indexers": {"bert": {"model_name": "org/encoder"}}},
-              "model": {"embedder": {"token_embedders": {"bert": {"model_name": "org/encoder"}}}}}
-    (model_dir / "config.json").write_text(json.dumps(config))
-    (model_dir / "weights.th").write_bytes(b"x")
-    hf_cache_put(hub, "org/encoder", {"config.json": b"{}", "tokenizer_config.json": b"{}"})
-    hf_cache_put(hub, "distilroberta-base", {"config.json": b"{}", "tokenizer_config.json": b"{}",
-                                                          "model.safetensors": b"x"})
-    assert set(mb.check_available(mb.PROTOCOL_SCORERS)) == {"sembscore"}
-
-
-def test_fetch_gets_the_original_radgraph_archive(monkeypatch, tmp_path):
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    metric_caches(monkeypatch, tmp_path)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        config = {"dataset_reader": {"token_indexers": {"bert": {"model_name": "org/enc"}}},
-                  "model": {"embedder": {"token_embedders": {"bert": {"model_name": "org/enc"}}}}}
-        for name, data in {"config.json": json.dumps(config).encode(), "weights.th": b"w"}.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    tgz = tmp_path / "radgraph.tar.gz"
-    tgz.write_bytes(archive.getvalue())
-    asked = []
-
-    def download(repo, filename, cache_dir=None, **k):
-        asked.append((repo, filename))
-        return str(tgz) if filename.endswith(".tar.gz") else f"{cache_dir}/{filename}"
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, **k: ["config.json", "tokenizer_config.json"])
-    mb.fetch(["radgraph_combined"])
-    assert asked[0] == (mb.RRG_SCORERS, "radgraph.tar.gz")
-    assert (tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph" / "weights.th").read_bytes() == b"w"
 
 
 # ---------------------------------------------------------------- the real RadEval, tiny random models
