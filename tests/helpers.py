@@ -1,10 +1,13 @@
 """Helpers shared by the tests: a manifest of the bundled images, a run configuration, the CLI, a run started in a
 subprocess and caught after it has committed rows, crashes injected into the run store's writes, a scripted backend,
-a LoRA adapter for the tiny checkpoint, the bundled IU reports,
-transformers' own generate as the reference for the transformers backend."""
+a LoRA adapter for the tiny checkpoint, the bundled IU reports, transformers' own generate as the reference for the
+transformers backend, a CXR-LLaVA stream stopped in the middle, and the stand-ins of the model-based metrics'
+packages and caches (and a RadEval script run with the Hub off)."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -294,3 +297,56 @@ def stream_tokens(model, requests, stop_after: int | None = None, **kwargs) -> d
             stream.close()
             break
     return out
+
+
+# -- the model-based metrics' packages and caches -------------------------------------------------------------------
+
+def fake_metric_packages(monkeypatch, missing=()):
+    """RadEval and the packages its scorers need importable (but those in ``missing``), RadEval 2.2.1 installed."""
+    from cxrgen.metrics import model_based
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *a, **k):
+        if name in missing:
+            return None
+        if name in ("radeval", "medspacy", "dotmap", "appdirs", "sklearn", "datasets", "accelerate"):
+            return importlib.machinery.ModuleSpec(name, None)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(model_based, "_version",
+                        lambda dist: {"radeval": "2.2.1", "thinc": "8.3.4", "numpy": "2.4.6"}.get(dist))
+
+
+def metric_caches(monkeypatch, tmp_path: Path) -> Path:
+    """Empty caches under ``tmp_path`` (XDG and Hugging Face); returns the Hugging Face hub cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "hf" / "hub"
+
+
+def hf_cache_put(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """Files of ``repo`` in the layout of a Hugging Face cache."""
+    base = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        path = base / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def run_offline_script(script: str, tmp_path: Path) -> list[dict]:
+    """Run ``script`` in a fresh Python with the Hub off and empty caches under ``tmp_path``; the JSON objects it
+    printed, one per line (it must succeed)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # nothing may come from the network
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]

@@ -6,7 +6,9 @@ A system's summary (``summary.json["systems"][name]``) holds the counts (``n``, 
 without a block of its own, in registry order: ``{"value", "ci": [low, high] | null}``), the
 blocks of metrics that have one (``clinical``: its ``metrics``, labeler, policy and
 per-observation table), ``unavailable`` (metric -> why it was not computed), ``empty_ids`` and
-``excluded``.
+``excluded``; under a published protocol also ``published`` (key -> ``{"value", "ci", "scale", "how"}``: the
+value as the published code reports it, :func:`cxrgen.metrics.protocols.published_values`). ``summary.json`` then
+names the protocol under ``protocol`` (name, title, the code it follows, its reference).
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ def summary_dict(report: "Report") -> dict:
     }
     if report.alignment is not None:
         out["alignment"] = report.alignment
+    if report.settings.get("protocol"):
+        from cxrgen.metrics import protocols
+
+        p = protocols.get(report.settings["protocol"])
+        out["protocol"] = {"name": p.name, "title": p.title, "source": p.source,
+                           "reference": p.reference.description}
     return out
 
 

@@ -521,7 +521,14 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
         if rest:
             parts.append('<details class="more-metrics"><summary>Clinical precision and recall</summary>'
                          + table("metrics-more", rest) + "</details>")
-    notes = tables.note_lines(summary)
+    pub_header, pub_rows, pub_notes = tables.published_rows(summary)
+    if pub_rows:  # a published protocol's values as its own code reports them
+        parts.append('<details class="more-metrics" id="published"><summary>As the published code reports them'
+                     '</summary><table class="metrics"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in pub_header)
+                     + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+                                                        for r in pub_rows)
+                     + "</tbody></table>" + "".join(f"<p>{e(x)}</p>" for x in pub_notes) + "</details>")
+    notes = tables.protocol_lines(summary) + tables.note_lines(summary)
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{e(str(x))}</li>" for x in notes) + "</ul>")
 
