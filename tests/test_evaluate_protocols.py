@@ -240,3 +240,17 @@ def test_protocol_outputs_and_page(scorers, tmp_path, capsys):
     assert 'id="published"' in page and "proto:llava-rad" in page
     rows = pd.read_csv(out / "summary.csv")
     assert {"rules_macro_f1_14_plus", "chexbert_micro_f1_5", "f1_radgraph"} <= set(rows["metric"])
+
+
+def test_a_manifest_runs_reference_is_its_column_not_data_reference(tmp_path):
+    """A manifest run's run.json still carries data.reference (a default nobody set): it decides nothing, so a
+    findings protocol does not refuse the run for it; another layout's recorded section is taken at its word."""
+    from cxrgen.evaluation.common import SOURCE_FILE
+    from cxrgen.evaluation.sections import recorded_section
+
+    run = tmp_path / "run"
+    run.mkdir()
+    frame = pd.DataFrame({SOURCE_FILE: [str(run / "reports.csv")]})
+    for fmt, expected in (("manifest", None), ("iu_xray_kaggle", (str(run / "run.json"), "impression"))):
+        (run / "run.json").write_text(json.dumps({"config": {"data": {"format": fmt, "reference": "impression"}}}))
+        assert recorded_section(frame) == expected

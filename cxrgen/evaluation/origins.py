@@ -61,6 +61,8 @@ def origin_of(path: Path) -> dict[str, Any] | None:
         "prompt": run.get("prompt"),
         "decoding": {k: (config.get("generation") or {}).get(k) for k in DECODING},
         "data": {**{k: data_cfg.get(k) for k in TASK_SETTINGS},
+                 # a manifest's reference is its column, whatever data.reference says
+                 **({"reference": "the manifest's column"} if data_cfg.get("format") == "manifest" else {}),
                  "where": data_cfg.get("manifest") or data_cfg.get("root"),
                  "selected": counts.get("selected"), "limit": run.get("limit")},
         "project": run.get("project"),

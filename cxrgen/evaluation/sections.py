@@ -33,15 +33,17 @@ def _column(frame: pd.DataFrame, section: str) -> str | None:
 
 
 def recorded_section(frame: pd.DataFrame) -> tuple[str, str] | None:
-    """``(run.json path, data.reference)`` of the run the table was written by, when it says."""
+    """``(run.json path, data.reference)`` of the run the table was written by, when it says (a manifest run's
+    reference is its manifest's column, whatever data.reference says: it says nothing there)."""
     for path in source_paths(frame)[:1]:
         run = run_folder(path)
         record = run / "run.json" if run is not None else None
         if record is None or not record.is_file():
             return None
         try:
-            section = json.loads(record.read_text())["config"]["data"]["reference"]
-        except (OSError, ValueError, KeyError, TypeError):
+            data = json.loads(record.read_text())["config"]["data"]
+            section = None if data.get("format") == "manifest" else data["reference"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         return (str(record), str(section)) if section else None
     return None
