@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..datasets import DatasetError, Selection, Study, load_studies
+from ..datasets import DatasetError, MissingSplitError, Selection, Study, load_studies
 
 #: Selection counts that are zero most of the time and not worth a log line
 _QUIET = ("total", "selected", "selected_studies")
@@ -63,6 +63,8 @@ def selections(cfg) -> dict[str, Selection]:
             continue
         try:
             out[key] = load_studies(replace(cfg.data, split=name))
+        except MissingSplitError as e:  # keeps its type: the command line adds how to make the split files
+            raise MissingSplitError(f"training.{key} {name}: {e}", e.path, e.root, e.reports) from None
         except DatasetError as e:
             raise DatasetError(f"training.{key} {name}: {e}") from None
     if "val_split" in out:

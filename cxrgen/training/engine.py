@@ -109,6 +109,7 @@ class RunCallback(TrainerCallback):
     def __init__(self, stop, commit: Callable, progress: bool, device: torch.device):
         self.stop, self.commit, self.progress, self.device = stop, commit, progress, device
         self.interrupted = False
+        self.steps_run = 0  # optimizer steps taken by this start
         self.bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -119,6 +120,7 @@ class RunCallback(TrainerCallback):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps_run += 1
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
         flag = torch.tensor([0.0 if self.stop.signal is None else 1.0], device=self.device)

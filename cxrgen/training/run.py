@@ -239,14 +239,15 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
     tokens = final.num_input_tokens_seen - (before.num_input_tokens_seen if before else 0)
     if run.interrupted:
         if procs.rank == 0:
-            store.note_end(outcome="interrupted", step_after=final.global_step, seconds=round(seconds, 3),
-                           tokens=tokens)
+            store.note_end(outcome="interrupted", step_after=final.global_step, steps_run=run.steps_run,
+                           seconds=round(seconds, 3), tokens=tokens)
             log.warning("stopped at step %d of %d after saving a checkpoint; run the same command to resume",
                         final.global_step, final.max_steps)
         return Outcome(stop.exit_code)
     if procs.rank != 0:
         return Outcome(EXIT_OK)
-    store.note_end(outcome="ended", step_after=final.global_step, seconds=round(seconds, 3), tokens=tokens)
+    store.note_end(outcome="ended", step_after=final.global_step, steps_run=run.steps_run, seconds=round(seconds, 3),
+                   tokens=tokens)
     last = write_adapter("last", final.global_step)
     best = store.adapter_dir("best") if (store.adapter_dir("best") / "adapter_model.safetensors").is_file() else None
     adapter = best or last
