@@ -1,4 +1,5 @@
-"""slurm/generate.sbatch and slurm/evaluate.sbatch on a real single-node Slurm (slurmctld, slurmd and munged).
+"""slurm/generate.sbatch, slurm/evaluate.sbatch and slurm/finetune.sbatch on a real single-node Slurm (slurmctld,
+slurmd and munged).
 
 The cluster is started in a temporary folder with its own slurm.conf, munge key and socket, on free local ports, and
 is stopped afterwards, jobs included. The jobs run in a copy of the code without a logs/ folder, as in a fresh clone,
@@ -212,7 +213,7 @@ def _fresh_clone(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("cxrgen", "slurm"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("generate_cxr.py", "evaluate.py"):
+    for name in ("generate_cxr.py", "evaluate.py", "finetune_cxr.py"):
         shutil.copy2(ROOT / name, dest / name)
     return dest
 
@@ -323,3 +324,63 @@ def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm)
     merged = json.loads((run_dir / "metrics.json").read_text())  # same reports, bootstrap settings and seed
     for name in ("bleu_1", "rouge_l"):
         assert system["metrics"][name]["value"] == pytest.approx(merged["metrics"][name]["value"], rel=1e-12)
+
+
+def test_finetune_job_stopped_by_usr1_saves_is_requeued_and_resumes_to_the_end(slurm):
+    """slurm/finetune.sbatch with two CPU processes over gloo (NPROC=2, torchrun): USR1 to the batch shell reaches
+    both processes, which save a checkpoint at the same step and exit 75; the script requeues the job, which resumes
+    from that checkpoint and trains to the last step; the log ends with the adapter folder."""
+    from helpers import committed_step, write_training_manifest
+
+    clone = _fresh_clone(slurm.root / "clone")
+    tiny = build_tiny_checkpoint(slurm.root / "tiny", seed=0, shards=1)
+    manifest = write_training_manifest(slurm.root / "data")
+    run_dir = slurm.root / "runs" / "ft"
+    (slurm.root / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny), "device": "cpu"},
+        "prompt": {"system": "You are a radiologist.", "user": "Report."},
+        "data": {"format": "manifest", "manifest": str(manifest)},
+        "output": {"dir": str(run_dir.parent)},
+        "training": {"run_name": run_dir.name, "max_steps": 80, "batch_size": 2, "gradient_accumulation": 1,
+                     "learning_rate": 0.005, "checkpoint_every": 5, "eval_every": 40, "gradient_checkpointing": False},
+    }))
+    job_env = {**slurm.env, "CXRGEN_VENV": sys.prefix, "NPROC": "2"}
+    job = slurm.run("sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--mem=2G", "--time=00:10:00",
+                    "slurm/finetune.sbatch", "--config", str(slurm.root / "config.yaml"), "--quiet",
+                    cwd=clone, env=job_env).stdout.strip().split(";")[0]
+    log = clone / f"cxrgen-finetune-{job}.out"
+
+    def trained_a_while():
+        state = slurm.job(job).get("JobState")
+        assert state not in FINAL_STATES, f"the job ended ({state}) before it could be stopped\n" + (
+            log.read_text() if log.exists() else "(no log)")
+        return committed_step(run_dir) >= 5
+
+    _wait_for(slurm, "the first checkpoint", trained_a_while, 180, [log])
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+
+    def requeued():
+        info = slurm.job(job)
+        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
+
+    info = _wait_for(slurm, "the job to be requeued", requeued, 120, [log])
+    stopped_at = committed_step(run_dir)
+    assert 5 <= stopped_at < 80
+    time.sleep(2)  # not within the second the previous run ended (see the array test)
+    if "Held" in info.get("Reason", ""):
+        slurm.run("scontrol", "release", job)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+    info = _wait_for(slurm, "the job to finish", lambda: (lambda i: i if i.get("JobState") in FINAL_STATES else None)(
+        slurm.job(job)), 240, [log])
+    out = log.read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out + slurm.logs()
+    assert out.count("received SIGUSR1") == 2, out  # both processes got it from the script
+    assert f"interrupted after saving a checkpoint; requeueing {job}" in out, out
+    assert f"resuming at step {stopped_at} " in out, out
+    assert out.strip().splitlines()[-1] == str(run_dir / "best")
+    record = json.loads((run_dir / "train.json").read_text())
+    starts = record["starts"]
+    assert [(s["outcome"], s["processes"]) for s in starts] == [("interrupted", 2), ("ended", 2)]
+    assert starts[0]["step_after"] == stopped_at and starts[1]["steps_run"] == 80 - stopped_at
+    assert [s["step"] for s in record["steps"]] == list(range(1, 81)) and record["schedule"]["global_batch"] == 4
