@@ -345,7 +345,8 @@ def test_finetune_job_stopped_by_usr1_saves_is_requeued_and_resumes_to_the_end(s
                      "learning_rate": 0.005, "checkpoint_every": 5, "eval_every": 40, "gradient_checkpointing": False},
     }))
     job_env = {**slurm.env, "CXRGEN_VENV": sys.prefix, "NPROC": "2"}
-    job = slurm.run("sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--mem=2G", "--time=00:10:00",
+    # a time limit well beyond the script's B:USR1@600, which would otherwise signal the job as soon as it starts
+    job = slurm.run("sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--mem=2G", "--time=00:30:00",
                     "slurm/finetune.sbatch", "--config", str(slurm.root / "config.yaml"), "--quiet",
                     cwd=clone, env=job_env).stdout.strip().split(";")[0]
     log = clone / f"cxrgen-finetune-{job}.out"

@@ -237,17 +237,18 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
         raise
     seconds = time.perf_counter() - started
     tokens = final.num_input_tokens_seen - (before.num_input_tokens_seen if before else 0)
+    memory = _peak_memory(device)
     if run.interrupted:
         if procs.rank == 0:
             store.note_end(outcome="interrupted", step_after=final.global_step, steps_run=run.steps_run,
-                           seconds=round(seconds, 3), tokens=tokens)
+                           seconds=round(seconds, 3), tokens=tokens, **memory)
             log.warning("stopped at step %d of %d after saving a checkpoint; run the same command to resume",
                         final.global_step, final.max_steps)
         return Outcome(stop.exit_code)
     if procs.rank != 0:
         return Outcome(EXIT_OK)
     store.note_end(outcome="ended", step_after=final.global_step, steps_run=run.steps_run, seconds=round(seconds, 3),
-                   tokens=tokens)
+                   tokens=tokens, **memory)
     last = write_adapter("last", final.global_step)
     best = store.adapter_dir("best") if (store.adapter_dir("best") / "adapter_model.safetensors").is_file() else None
     adapter = best or last
@@ -341,6 +342,18 @@ def _adapter_weights(peft_model, seqs, step: int, loss: float | None) -> bytes:
     if loss is not None:
         metadata["eval_loss"] = repr(loss)
     return save(tensors, metadata=metadata)
+
+
+def _peak_memory(device) -> dict[str, float]:
+    """This process's peak resident memory and, on CUDA, peak GPU memory allocated, in GB."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
+    if device.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+    return out
 
 
 def _trainable(model) -> int:
