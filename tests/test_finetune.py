@@ -387,3 +387,20 @@ def test_resuming_under_other_settings_is_refused_naming_them(checkpoints, manif
     assert "training.lora_r (4 now, 8 in the run)" in err and "checkpoint_every" not in err and "(--no-resume)" in err
     assert train(cfg_path, capsys, "--set", "training.lora_r=4", "--no-resume").name == "best"
     assert yaml.safe_load(cfg_path.read_text())["training"]["lora_r"] == 8
+
+
+def test_the_throughput_benchmark_runs(tmp_path):
+    """bench/bench_finetune.py, at the smallest size, writes its row (the command bench/RESULTS.md shows)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_finetune.py"), "--steps", "2",
+                             "--batch-sizes", "2", "--studies", "4", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["steps"] == 2 and row["tokens"] > 0 and row["tokens_per_second"] > 0 and row["max_rss_gb"] > 0
+    assert "| b2-none-gc | cpu, float32 | 2 |" in result.stdout

@@ -27,7 +27,7 @@ from ..provenance import data_files, project_commit, versions
 from ..runstore import RunError, TrainingStore, defining
 from ..runstore.training import NOT_DEFINING, TRAINING_DEFINING
 from .data import selection_digest, selections as select_splits
-from ..threads import allotted_cpus
+from ..threads import allotted_cpus, configure_threads
 
 log = logging.getLogger("cxrgen")
 
@@ -178,6 +178,7 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
     peft_model = _lora(seqs, backend, cfg)
     dtype = _compute_dtype(backend)
     device = torch.device(model_cfg.device)
+    threads = configure_threads(device)  # as generation: the allotted CPUs less one (OMP_NUM_THREADS wins)
     workers = _workers(cfg.loader.num_workers, procs, len(train.studies))
     global_batch = t.batch_size * t.gradient_accumulation * procs.world
     args = TrainingArguments(
@@ -216,7 +217,7 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
     if procs.rank == 0:
         store.note_start(before.global_step if before else 0, {
             "processes": procs.world, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-            "loader_workers": workers, "versions": _versions()})
+            "threads": threads, "loader_workers": workers, "versions": _versions()})
         log.info("%s at step %d of run %s: %s on %s, %d trainable parameters, global batch %d",
                  "resuming" if latest else "starting", before.global_step if before else 0, rid,
                  backend.describe().get("source"), device, _trainable(peft_model), global_batch)
