@@ -239,6 +239,34 @@ def _wait_for(cluster: Cluster, what: str, condition, timeout: float, logs: list
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
+def _stop_until_requeued(slurm: Cluster, job: str, log: Path, progressed, what: str) -> dict:
+    """Once the running job has ``progressed()``, USR1 to its batch shell (what --signal=B:USR1 does); returns its
+    ``scontrol show job`` once its script has requeued it."""
+    def running_and_progressed():
+        state = slurm.job(job).get("JobState")
+        assert state not in FINAL_STATES, f"{job} ended ({state}) before it could be interrupted\n" + (
+            log.read_text() if log.exists() else "(no log)")
+        return progressed()
+
+    _wait_for(slurm, what, running_and_progressed, 180, [log])
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+
+    def requeued():
+        info = slurm.job(job)
+        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
+
+    return _wait_for(slurm, f"{job} to be requeued", requeued, 120, [log])
+
+
+def _restart_now(slurm: Cluster, job: str, info: dict) -> None:
+    """Slurm delays a requeued job's start by two minutes; start it now, but not within the second its previous run
+    was killed in: slurmd refuses a job credential issued in that second ("Job credential revoked")."""
+    time.sleep(2)
+    if "Held" in info.get("Reason", ""):
+        slurm.run("scontrol", "release", job)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
 def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm):
     """sbatch from a fresh clone (no logs/): USR1 to one task's batch shell (as --signal=B:USR1 does) reaches the
     run, which commits its batch and exits 75; the script requeues the task, which resumes where it stopped; every
@@ -267,28 +295,10 @@ def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm)
     log0, log1 = clone / f"cxrgen-{task0}.out", clone / f"cxrgen-{task1}.out"
     part0 = run_dir / "parts" / "shard-0-of-2.csv"
 
-    def started_and_committed():
-        state = slurm.job(task0).get("JobState")
-        assert state not in FINAL_STATES, f"task 0 ended ({state}) before it could be interrupted\n" + (
-            log0.read_text() if log0.exists() else "(no log)")
-        return _committed(part0) >= 1
-
-    _wait_for(slurm, "task 0 to commit a batch", started_and_committed, 180, [log0])
-    slurm.run("scancel", "--signal=USR1", "--batch", task0)
-
-    def requeued():
-        info = slurm.job(task0)
-        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
-
-    info = _wait_for(slurm, "task 0 to be requeued", requeued, 90, [log0])
+    info = _stop_until_requeued(slurm, task0, log0, lambda: _committed(part0) >= 1, "task 0 to commit a batch")
     committed_before = _committed(part0)
     assert 1 <= committed_before < N_STUDIES // 2
-    # Slurm delays a requeued job's start by two minutes; start it now, but not within the second its previous run
-    # was killed in: slurmd refuses a job credential issued in that second ("Job credential revoked").
-    time.sleep(2)
-    if "Held" in info.get("Reason", ""):
-        slurm.run("scontrol", "release", task0)
-    slurm.run("scontrol", "update", f"JobId={task0}", "StartTime=now")
+    _restart_now(slurm, task0, info)
 
     def finished():
         infos = [slurm.job(t) for t in (task0, task1)]
@@ -351,26 +361,10 @@ def test_finetune_job_stopped_by_usr1_saves_is_requeued_and_resumes_to_the_end(s
                     cwd=clone, env=job_env).stdout.strip().split(";")[0]
     log = clone / f"cxrgen-finetune-{job}.out"
 
-    def trained_a_while():
-        state = slurm.job(job).get("JobState")
-        assert state not in FINAL_STATES, f"the job ended ({state}) before it could be stopped\n" + (
-            log.read_text() if log.exists() else "(no log)")
-        return committed_step(run_dir) >= 5
-
-    _wait_for(slurm, "the first checkpoint", trained_a_while, 180, [log])
-    slurm.run("scancel", "--signal=USR1", "--batch", job)
-
-    def requeued():
-        info = slurm.job(job)
-        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
-
-    info = _wait_for(slurm, "the job to be requeued", requeued, 120, [log])
+    info = _stop_until_requeued(slurm, job, log, lambda: committed_step(run_dir) >= 5, "the first checkpoint")
     stopped_at = committed_step(run_dir)
     assert 5 <= stopped_at < 80
-    time.sleep(2)  # not within the second the previous run ended (see the array test)
-    if "Held" in info.get("Reason", ""):
-        slurm.run("scontrol", "release", job)
-    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    _restart_now(slurm, job, info)
 
     info = _wait_for(slurm, "the job to finish", lambda: (lambda i: i if i.get("JobState") in FINAL_STATES else None)(
         slurm.job(job)), 240, [log])
