@@ -404,3 +404,28 @@ def test_the_throughput_benchmark_runs(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["steps"] == 2 and row["tokens"] > 0 and row["tokens_per_second"] > 0 and row["max_rss_gb"] > 0
     assert "| b2-none-gc | cpu, float32 | 2 |" in result.stdout
+
+
+def test_early_stopping_ends_the_run_and_an_ended_run_is_not_trained_further(checkpoints, manifest, tmp_path,
+                                                                             capsys):
+    """With a learning rate that overfits 8 studies at once, the validation loss stops improving: after
+    ``early_stopping_patience`` validations without a new best the run ends, keeping the state it ended in; its
+    outputs written again from that state (train.json lost) are the same, with no step trained further."""
+    cfg_path = config_for("cxr_llava", tmp_path, checkpoints, manifest, max_steps=60, eval_every=2,
+                          checkpoint_every=50, early_stopping_patience=2, learning_rate=0.05)
+    adapter = train(cfg_path, capsys)
+    run = adapter.parent
+    record = json.loads((run / "train.json").read_text())
+    losses = [v["loss"] for v in record["validation"]]
+    assert record["status"] == "early stopped" and record["schedule"]["steps"] < 60
+    assert losses[-3] == min(losses[-3:]) and losses.index(min(losses)) == len(losses) - 3  # 2 without a new best
+    assert record["best"]["step"] == record["validation"][-3]["step"]
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["ended"] and latest["step"] == record["schedule"]["steps"]
+
+    (run / "train.json").unlink()
+    assert train(cfg_path, capsys) == adapter
+    again = json.loads((run / "train.json").read_text())
+    assert again["steps"] == record["steps"] and again["validation"] == record["validation"]
+    assert again["starts"][-1]["steps_run"] == 0
+    assert adapter_tensors(run / "last").keys() == adapter_tensors(run / "best").keys()

@@ -80,6 +80,9 @@ def _model_cfg(cfg: Config, procs: Processes):
         raise ConfigError(f"model.device {device}: {e}") from None
     if kind == "cuda" and procs.world > 1:
         device = f"cuda:{procs.local_rank}"
+    elif kind == "cuda" and device not in ("auto", "cuda", "cuda:0"):
+        raise ConfigError(f"model.device {device}: fine-tuning runs on the GPUs it is given (the first, or one per "
+                          f"process under torchrun); choose with CUDA_VISIBLE_DEVICES={device[5:]} and cuda")
     return dataclasses.replace(cfg.model, device=device if device != "auto" else kind)
 
 
