@@ -24,7 +24,7 @@ from typing import Any
 from ..config import Config, ConfigError
 from ..exits import EXIT_OK, StopFlag
 from ..provenance import data_files, project_commit, versions
-from ..runstore import RunError, TrainingStore, defining
+from ..runstore import TrainingStore, defining
 from ..runstore.training import NOT_DEFINING, TRAINING_DEFINING
 from .data import selection_digest, selections as select_splits
 from ..threads import allotted_cpus, configure_threads
@@ -162,7 +162,7 @@ def _finetune(cfg: Config, resume: bool, progress: bool, stop: StopFlag, procs: 
 
 def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, procs) -> Outcome:
     import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from .. import models
     from .data import Examples, read_image_for, split_of
@@ -184,20 +184,7 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
     threads = configure_threads(device)  # as generation: the allotted CPUs less one (OMP_NUM_THREADS wins)
     workers = _workers(cfg.loader.num_workers, procs, len(train.studies))
     global_batch = t.batch_size * t.gradient_accumulation * procs.world
-    args = TrainingArguments(
-        output_dir=str(store.checkpoints), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1, seed=t.seed, data_seed=t.seed, optim="adamw_torch",
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
-        logging_strategy="steps", logging_steps=1, eval_strategy="steps" if val else "no", eval_steps=t.eval_every,
-        metric_for_best_model="eval_loss" if val else None, greater_is_better=False,
-        save_strategy="steps", save_steps=t.checkpoint_every, save_total_limit=None,
-        restore_callback_states_from_checkpoint=True, dataloader_num_workers=workers,
-        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=False,
-        ddp_backend=("gloo" if device.type == "cpu" else "nccl") if procs.world > 1 else None,
-        ddp_find_unused_parameters=False, include_num_input_tokens_seen="non_padding")
+    args = _arguments(t, val is not None, dtype, device, procs, workers, store)
     read = read_image_for(cfg, backend.image_preparer())
     config_json = _adapter_config(peft_model, cfg.model)
 
@@ -263,6 +250,29 @@ def _train(cfg, model_cfg, store, selections, rid, identity, progress, stop, pro
     store.write_record(record, loss_curve(record["steps"], record["validation"], record["best"]))
     log.info("trained %d steps (%s): adapter %s", final.global_step, record["status"], adapter)
     return Outcome(EXIT_OK, adapter)
+
+
+def _arguments(t, validated: bool, dtype, device, procs: Processes, workers: int, store: TrainingStore):
+    """transformers' TrainingArguments for the training section: a log entry per step, validation and checkpoints
+    every so many steps (and at the last), no checkpoint rotation (the run store removes what a commit supersedes),
+    the early-stopping counter restored with a checkpoint, mixed precision from the model's dtype."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(store.checkpoints), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1, seed=t.seed, data_seed=t.seed, optim="adamw_torch",
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
+        logging_strategy="steps", logging_steps=1, eval_strategy="steps" if validated else "no",
+        eval_steps=t.eval_every, metric_for_best_model="eval_loss" if validated else None, greater_is_better=False,
+        save_strategy="steps", save_steps=t.checkpoint_every, save_total_limit=None,
+        restore_callback_states_from_checkpoint=True, dataloader_num_workers=workers,
+        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=False,
+        ddp_backend=("gloo" if device.type == "cpu" else "nccl") if procs.world > 1 else None,
+        ddp_find_unused_parameters=False, include_num_input_tokens_seen="non_padding")
 
 
 def _compute_dtype(backend):
