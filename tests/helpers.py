@@ -350,3 +350,78 @@ def run_offline_script(script: str, tmp_path: Path) -> list[dict]:
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+
+
+# -- fine-tuning -------------------------------------------------------------------------------------------------------
+
+#: Short references, lower case and without punctuation, so that every tiny tokenizer (BLIP's lower-cases) writes
+#: them back exactly; the first eight are the training split, the last two the validation split.
+TRAINING_REFERENCES = ["no acute disease", "heart size normal lungs clear", "small left effusion",
+                       "cardiomegaly without edema", "right lower lobe pneumonia", "no pneumothorax", "stable chest",
+                       "mild atelectasis at the bases", "normal chest", "clear lungs"]
+
+
+def write_training_manifest(folder: Path, references=TRAINING_REFERENCES, n_val: int = 2) -> Path:
+    """A manifest with a split column: one distinct image per study (checkerboards of different periods and
+    brightness, so that even tiny random vision towers tell them apart) and its reference; the last ``n_val``
+    studies are the validation split."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, reference in enumerate(references):
+        y, x = np.mgrid[0:48, 0:48]
+        period = 4 + 2 * i
+        pixels = (((x // period + y // period) % 2) * 120 + 20 * i).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(folder / f"study{i}.png")
+        rows.append({"id": f"T{i:02d}", "image_path": f"study{i}.png", "reference": reference,
+                     "split": "val" if i >= len(references) - n_val else "train"})
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def finetune_config(tmp: Path, checkpoint: Path, manifest: Path, run_name: str = "ft", **overrides) -> Path:
+    """A fine-tuning configuration on the CPU in float32 (a short prompt, for speed); ``section__key=value``
+    overrides any setting."""
+    cfg = {
+        "model": {"name_or_path": str(checkpoint), "device": "cpu", "dtype": "float32"},
+        "prompt": {"system": "You are a radiologist.", "user": "Report."},
+        "generation": {"batch_size": 8, "max_new_tokens": 16},
+        "data": {"format": "manifest", "manifest": str(manifest), "split": "train"},
+        "loader": {"num_workers": 0},
+        "output": {"dir": str(tmp / "runs"), "run_name": f"{run_name}-gen", "html": False},
+        "evaluation": {"bootstrap": 0},
+        "training": {"run_name": run_name, "max_steps": 24, "batch_size": 4, "gradient_accumulation": 1,
+                     "learning_rate": 0.005, "lr_scheduler": "constant", "lora_r": 8, "lora_alpha": 16,
+                     "lora_dropout": 0.0, "checkpoint_every": 8, "eval_every": 8, "gradient_checkpointing": False},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def finetune_process(cfg_path: Path, *args: str, env=None) -> subprocess.Popen:
+    """finetune_cxr.py in its own process group (stdout and stderr piped)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "finetune_cxr.py"), "--quiet", "--config", str(cfg_path),
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+
+
+def committed_step(run_dir: Path) -> int:
+    """The step of a training run's last committed checkpoint (0 before the first)."""
+    try:
+        return json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))

@@ -76,11 +76,14 @@ class Svg:
     def line(self, x1: float, y1: float, x2: float, y2: float, color: str = "#444", width: float = 1, **attrs) -> None:
         self.add("line", x1=_f(x1), y1=_f(y1), x2=_f(x2), y2=_f(y2), stroke=color, stroke_width=width, **attrs)
 
+    def document(self) -> str:
+        """The SVG file's text."""
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(self.width)}" height="{_f(self.height)}" '
+                f'viewBox="0 0 {_f(self.width)} {_f(self.height)}"><rect width="100%" height="100%" fill="white"/>'
+                + "".join(self.parts) + "</svg>")
+
     def data_uri(self) -> str:
-        doc = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(self.width)}" height="{_f(self.height)}" '
-               f'viewBox="0 0 {_f(self.width)} {_f(self.height)}"><rect width="100%" height="100%" fill="white"/>'
-               + "".join(self.parts) + "</svg>")
-        return "data:image/svg+xml;base64," + base64.b64encode(doc.encode("utf-8")).decode("ascii")
+        return "data:image/svg+xml;base64," + base64.b64encode(self.document().encode("utf-8")).decode("ascii")
 
 
 def ticks(low: float, high: float, count: int = 5) -> list[float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..base import RANDOM_WEIGHTS_KEY
-from .checkpoint import target_name
+from .checkpoint import source_name, target_name
 from .configuration import CxrLlavaConfig
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece
 
@@ -100,12 +100,7 @@ def _upstream_names(model) -> dict[str, str]:
     """Checkpoint name for each parameter of a CxrLlava module (the inverse of checkpoint.target_name)."""
     names = {}
     for name, _ in model.named_parameters():
-        if name.startswith("language_model.model."):
-            ckpt = "llama." + name[len("language_model.model."):]
-        elif name == "language_model.lm_head.weight":
-            ckpt = "lm_head.weight"
-        else:
-            ckpt = name
+        ckpt = source_name(name)
         assert target_name(ckpt) == name
         names[name] = ckpt
     return names
