@@ -7,6 +7,7 @@ Examples:
   python evaluate.py 'runs/cxr-llava/parts/shard-*.csv'
   python evaluate.py base=runs/a/reports.csv new=runs/b/reports.csv --baseline base --significance ar
   python evaluate.py runs/a/reports.csv --compat radeval
+  python evaluate.py runs/a/reports.csv --protocol llava-rad --skip-unavailable
   python evaluate.py --label-only reports.csv --text-col report --output labels.csv
 
 The definitions of every number are in the docstrings of cxrgen/metrics/*.py and the README.
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from cxrgen import evaluation
-from cxrgen.metrics import clinical, significance
+from cxrgen.metrics import clinical, protocols, significance
 from cxrgen.metrics.tokenize import COMPAT_MODES
 from cxrgen.report import ResultsPageError, attach_scores, write_results_page
 
@@ -45,6 +46,10 @@ def _model_help() -> str:
         return ", ".join(model_based.KNOWN)
     except (ImportError, AttributeError):
         return "see cxrgen/metrics/model_based.py"
+
+
+def _protocol_help() -> str:
+    return "; ".join(f"{p.name}: {p.title}" for p in protocols.PROTOCOLS.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  python evaluate.py a.csv b.csv --significance ar --ar-trials 10000\n"
             "  python evaluate.py runs/a/reports.csv --compat pycocoevalcap\n"
             "  python evaluate.py runs/a/reports.csv --compat radeval --model-metrics chexbert,radgraph\n"
+            "  python evaluate.py runs/a/reports.csv --protocol rexrank --skip-unavailable\n"
             "  python evaluate.py --fetch-metric-models chexbert,radgraph\n"
+            "  python evaluate.py --fetch-metric-models rexrank\n"
             "  python evaluate.py --label-only reports.csv --text-col report --output labels.csv"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -108,7 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         "ASCII punctuation deleted); radeval: RadEval's BLEU-1..4 (pycocoevalcap's scorer on the raw text split "
         "on whitespace) and ROUGE-1/2/L (rouge-score F-measure, Porter stemmer)",
     )
-    m.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s; 0 = no intervals)")
+    m.add_argument(
+        "--protocol",
+        choices=list(protocols.PROTOCOLS),
+        default=None,
+        help="a published evaluation as a preset: its metrics and their definitions, its reference section and "
+        f"formatting, its resamples, named in the signature ({_protocol_help()}); model-based parts need "
+        "RadEval (--skip-unavailable reports them as unavailable); takes no --compat, --model-metrics or "
+        "--uncertain",
+    )
+    m.add_argument("--n-boot", type=int, default=None,
+                   help="bootstrap resamples (default: 1000, or the protocol's: 500 for llava-rad; 0 = no intervals)")
     m.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the randomization test (default: %(default)s)")
     m.add_argument("--baseline", default=None, help="system the others are compared with (default: the first)")
     m.add_argument(
@@ -124,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--uncertain",
         choices=list(clinical.POLICIES),
-        default="positive",
-        help="how an 'uncertain' label counts in the clinical metrics (default: %(default)s; "
+        default=None,
+        help="how an 'uncertain' label counts in the clinical metrics (default: positive; "
         "exclude = leave that study out of that observation)",
     )
     m.add_argument("--no-meteor", action="store_true", help="skip METEOR even when NLTK's WordNet data are present")
@@ -139,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--skip-unavailable", action="store_true",
                    help="report model-based metrics that cannot run as unavailable instead of stopping")
     m.add_argument("--fetch-metric-models", metavar="NAMES", default=None,
-                   help="download the weights of these model-based metrics (needs internet) and exit")
+                   help="download the weights of these model-based metrics, or of every one a protocol uses "
+                   "(e.g. rexrank), and exit (needs internet)")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", type=Path, default=None, help="where to write the outputs (default: see below)")
     o.add_argument("--force", action="store_true",
@@ -158,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--text-col", default=None, help="report text column for --label-only")
     lab.add_argument("--output", type=Path, default=None, metavar="LABELS.csv", help="labels CSV written by --label-only")
     return p
+
+
+def _fetch_names(text: str) -> list[str]:
+    """The scorers named in ``--fetch-metric-models``: model-based metric names (``all``: those of
+    ``--model-metrics``), or protocol names standing for every scorer the protocol uses."""
+    from cxrgen.metrics import model_based
+
+    groups = {"all": list(model_based.KNOWN), **{n: p.scorers() for n, p in protocols.PROTOCOLS.items()}}
+    expanded = [s for part in text.split(",") for s in groups.get(part.strip().lower(), [part])]
+    try:
+        return model_based.parse_names(",".join(expanded), known=model_based.SCORERS)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or a protocol: {', '.join(protocols.PROTOCOLS)}") from None
 
 
 def _error(exc: Exception) -> str:
@@ -194,7 +225,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from cxrgen.metrics import model_based
 
         try:
-            names = model_based.parse_names(args.fetch_metric_models)
+            names = _fetch_names(args.fetch_metric_models)
             done = model_based.fetch(names)
         except (ValueError, OSError, RuntimeError) as exc:
             print(f"evaluate.py: error: {exc}", file=sys.stderr)
@@ -213,8 +244,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return EXIT_OK
         if not args.inputs:
             parser.error("give at least one RESULTS.csv (or --label-only, or --fetch-metric-models)")
-        if args.n_boot < 0:
+        if args.n_boot is not None and args.n_boot < 0:
             parser.error("--n-boot must be 0 or more")
+        if args.protocol:
+            clash = [flag for flag, given in (("--compat", args.compat), ("--model-metrics", args.model_metrics),
+                                             ("--uncertain", args.uncertain)) if given]
+            if clash:
+                parser.error(f"--protocol {args.protocol} fixes the metrics and their definitions; "
+                             f"drop {' and '.join(clash)}")
         if args.ar_trials <= 0:
             parser.error("--ar-trials must be positive")
         if args.html and args.html.lower().endswith(".csv"):
@@ -232,12 +269,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             seed=args.seed,
             compat=args.compat,
             clinical_metrics=not args.no_clinical,
-            uncertain=args.uncertain,
+            uncertain=args.uncertain or "positive",
             use_meteor=not args.no_meteor,
             model_metrics=args.model_metrics,
             skip_unavailable=args.skip_unavailable,
             significance_test=args.significance,
             ar_trials=args.ar_trials,
+            protocol=args.protocol,
         )
         given = evaluation.expand_inputs(args.inputs)
         out_dir = args.output_dir or evaluation.default_output_dir(given[0][1], list(report.systems))
@@ -264,6 +302,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                                baseline=report.baseline)
     except evaluation.EvaluationInputError as exc:
         hint = " (--output-dir DIR, or --force)" if "holds the outputs of another evaluation" in str(exc) else ""
+        if isinstance(exc, evaluation.MetricUnavailableError) and args.protocol:
+            hint = (f" (everything the protocol uses: python evaluate.py --fetch-metric-models {args.protocol}; "
+                    "or --skip-unavailable)")
         print(f"evaluate.py: error: {_error(exc)}{hint}", file=sys.stderr)
         return EXIT_INPUT
     except ResultsPageError as exc:

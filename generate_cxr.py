@@ -94,7 +94,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return runner.EXIT_INCOMPLETE
     except (ConfigError, runner.RunError, DatasetError, ModelError, EvaluationInputError) as e:
-        hint = " (--no-resume)" if isinstance(e, runner.SettingsChangedError) else fetch_hint(e) or split_hint(e)
+        hint = (" (--no-resume)" if isinstance(e, runner.SettingsChangedError)
+                else fetch_hint(e, args.config) or split_hint(e))
         print(f"error: {e}{hint}", file=sys.stderr)  # each names its file, key or setting
         return runner.EXIT_USAGE
 
@@ -145,14 +146,17 @@ def build_index(cfg) -> int:
     return runner.EXIT_OK
 
 
-def fetch_hint(error: Exception) -> str:
-    """The command that fetches a model or adapter missing from the Hugging Face cache, for the error line."""
+def fetch_hint(error: Exception, config: str | None = None) -> str:
+    """The command that fetches a model or adapter missing from the Hugging Face cache, for the error line; with the
+    user's ``--config``, so that the fetched model is the one that config runs."""
     if not isinstance(error, NotInCacheError):
         return ""
     if error.setting == "model.adapter":
         return f": huggingface-cli download {shlex.quote(error.repo_id)}"
     revision = f" --set model.revision={shlex.quote(error.revision)}" if error.revision else ""
-    return f": python generate_cxr.py --download-model --set model.name_or_path={shlex.quote(error.repo_id)}{revision}"
+    given = f" --config {shlex.quote(config)}" if config else ""
+    return (f": python generate_cxr.py{given} --download-model --set "
+            f"model.name_or_path={shlex.quote(error.repo_id)}{revision}")
 
 
 def split_hint(error: Exception) -> str:

@@ -176,6 +176,51 @@ class RetrievalConfig:
 
 
 @dataclass
+class TrainingConfig:
+    """Fine-tuning a LoRA adapter (finetune_cxr.py; README, "Fine-tuning").
+
+    run_name               the training run's folder, <output.dir>/<run_name>/
+    train_split, val_split data.split of the studies trained on, and of those validated on (null: no validation)
+    lora_r, lora_alpha     LoRA rank and scaling numerator (the update is lora_alpha / lora_r * B @ A)
+    lora_dropout           dropout on the adapted layers' inputs
+    target_modules         names of the linear layers that get LoRA (null: the backend's default: the Llama
+                           attention and MLP projections for cxr_llava, the language model's linear layers for
+                           transformers; a vision tower is never trained)
+    learning_rate, lr_scheduler, warmup_steps, weight_decay, max_grad_norm (0: no clipping)
+    epochs, max_steps      passes over the training split, or optimizer steps when max_steps is set
+    batch_size             studies per device and forward pass
+    gradient_accumulation  forward passes per optimizer step (global batch: batch_size x this x processes)
+    seed                   LoRA initialisation, data order and dropout
+    gradient_checkpointing recompute activations in the backward pass (less memory, about a third more time)
+    checkpoint_every       optimizer steps between checkpoints
+    eval_every             optimizer steps between validations (and after the last step)
+    early_stopping_patience  validations without a new best validation loss before training stops (null: never)
+    """
+
+    run_name: str = "finetune"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 4
+    gradient_accumulation: int = 4
+    seed: int = 0
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    early_stopping_patience: int | None = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -185,6 +230,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -329,6 +375,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: {key} must not be empty")
     origin = typing.get_origin(base)
+    if origin is list and typing.get_args(base) == (str,):
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{source}: {key} must be a non-empty list of names, got {value!r}")
+        return list(value)
     if origin is list:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"{source}: {key} must be a list of numbers, got {value!r}")
@@ -360,6 +410,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
+    _validate_training(cfg.training)
     for key, allowed in choices().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -395,3 +446,40 @@ def validate(cfg: Config) -> None:
     if not getattr(cfg.data, layout.source):
         what = "name the dataset folder" if layout.source == "root" else "be set"
         raise ConfigError(f"data.{layout.source} must {what} when data.format is {cfg.data.format}: {layout.hint()}")
+
+
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+def _validate_training(t: TrainingConfig) -> None:
+    """The training section's ranges and choices (checked for every command: a config file is one schema)."""
+    splits = ("train", "val", "validate", "test", "all")
+    checks = [
+        ("training.run_name", bool(t.run_name) and "/" not in t.run_name, "a plain folder name"),
+        ("training.train_split", t.train_split in splits, f"one of {', '.join(splits)}"),
+        ("training.val_split", t.val_split is None or t.val_split in splits, f"null or one of {', '.join(splits)}"),
+        ("training.lora_r", t.lora_r >= 1, "a positive integer"),
+        ("training.lora_alpha", t.lora_alpha > 0, "> 0"),
+        ("training.lora_dropout", 0 <= t.lora_dropout < 1, "in [0, 1)"),
+        ("training.learning_rate", t.learning_rate > 0, "> 0"),
+        ("training.lr_scheduler", t.lr_scheduler in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}"),
+        ("training.warmup_steps", t.warmup_steps >= 0, ">= 0"),
+        ("training.weight_decay", t.weight_decay >= 0, ">= 0"),
+        ("training.max_grad_norm", t.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+        ("training.epochs", t.epochs >= 1, "a positive integer"),
+        ("training.max_steps", t.max_steps is None or t.max_steps >= 1, "null or a positive integer"),
+        ("training.batch_size", t.batch_size >= 1, "a positive integer"),
+        ("training.gradient_accumulation", t.gradient_accumulation >= 1, "a positive integer"),
+        ("training.checkpoint_every", t.checkpoint_every >= 1, "a positive integer"),
+        ("training.eval_every", t.eval_every >= 1, "a positive integer"),
+        ("training.early_stopping_patience", t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+         "null or a positive integer"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}; got {getattr(t, key.split('.')[1])!r}")
+    same = {"val": "val", "validate": "val"}
+    if t.val_split is not None and same.get(t.val_split, t.val_split) == same.get(t.train_split, t.train_split):
+        raise ConfigError(f"training.val_split must differ from training.train_split; both are {t.train_split!r}")
+    if t.early_stopping_patience is not None and t.val_split is None:
+        raise ConfigError("training.early_stopping_patience needs validation studies; training.val_split is null")

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 from .config import Config
 from .datasets import Selection, Study, load_studies
-from .exits import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_SIGINT, EXIT_USAGE  # noqa: F401
+from .exits import (EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_SIGINT,  # noqa: F401
+                    EXIT_USAGE, StopFlag)
 from .finishing import finish
 from .loader import PrepareStudy, prepared_studies, worker_count
 from .models import Item, ModelError, identity
@@ -83,43 +83,6 @@ def shard_studies(studies: list[Study], shard: tuple[int, int]) -> list[Study]:
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1/SIGINT; the run stops feeding studies, commits the rows in flight and stops.
-
-    A second SIGINT raises KeyboardInterrupt at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signal is None:
-            hint = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
-            log.warning("received %s: finishing the studies in flight, then stopping (run again to resume)%s",
-                        signal.Signals(signum).name, hint)
-        self.signal = signum
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_SIGINT if self.signal == signal.SIGINT else EXIT_INTERRUPTED
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
 
 def select_studies(cfg: Config, limit: int | None = None) -> Selection:
     selection = load_studies(cfg.data)
@@ -248,7 +211,7 @@ def _run_studies(cfg: Config, model, todo: list[Study], writer: ShardWriter, sto
             if stop.signal is not None:  # what the model has taken is finished; nothing new is fed
                 return
 
-    bar = _progress(len(todo), progress)
+    bar = progress_bar(len(todo), progress)
     try:
         t0 = time.perf_counter()
         for finished in model.stream(items(), cfg.prompt, cfg.generation):
@@ -289,9 +252,10 @@ def study_seed(seed: int, study_id: str) -> int:
     return (seed + zlib.crc32(study_id.encode("utf-8"))) % (2 ** 63)
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, unit: str = "study", initial: int = 0):
+    """A tqdm bar on stderr: live in a terminal, a line a minute in a log file (a Slurm job's)."""
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, unit="study", disable=not enabled, dynamic_ncols=interactive,
+    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, dynamic_ncols=interactive,
                 mininterval=0.5 if interactive else 60, smoothing=0.1 if interactive else 0)

@@ -1,10 +1,13 @@
 """Helpers shared by the tests: a manifest of the bundled images, a run configuration, the CLI, a run started in a
 subprocess and caught after it has committed rows, crashes injected into the run store's writes, a scripted backend,
-a LoRA adapter for the tiny checkpoint, the bundled IU reports,
-transformers' own generate as the reference for the transformers backend."""
+a LoRA adapter for the tiny checkpoint, the bundled IU reports, transformers' own generate as the reference for the
+transformers backend, a CXR-LLaVA stream stopped in the middle, and the stand-ins of the model-based metrics'
+packages and caches (and a RadEval script run with the Hub off)."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -280,3 +283,145 @@ def transformers_generate(folder: Path, images: list[Path], system: str | None, 
         ids = new[:-1] if stopped else new
         rows.append((processor.decode(new, skip_special_tokens=True).strip(), len(ids), stopped))
     return rows
+
+
+# -- CXR-LLaVA's continuous batching, stopped in the middle -----------------------------------------------------
+
+def stream_tokens(model, requests, stop_after: int | None = None, **kwargs) -> dict:
+    """key -> generated token ids of ``model.stream_reports(requests, **kwargs)``; ``stop_after``: close the stream
+    once that many reports are back (a run stopped in the middle: the rows in flight are lost)."""
+    out, stream = {}, model.stream_reports(requests, **kwargs)
+    for done in stream:
+        out.update((key, report.token_ids) for key, report in done)
+        if stop_after and len(out) >= stop_after:
+            stream.close()
+            break
+    return out
+
+
+# -- the model-based metrics' packages and caches -------------------------------------------------------------------
+
+def fake_metric_packages(monkeypatch, missing=()):
+    """RadEval and the packages its scorers need importable (but those in ``missing``), RadEval 2.2.1 installed."""
+    from cxrgen.metrics import model_based
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *a, **k):
+        if name in missing:
+            return None
+        if name in ("radeval", "medspacy", "dotmap", "appdirs", "sklearn", "datasets", "accelerate"):
+            return importlib.machinery.ModuleSpec(name, None)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(model_based, "_version",
+                        lambda dist: {"radeval": "2.2.1", "thinc": "8.3.4", "numpy": "2.4.6"}.get(dist))
+
+
+def metric_caches(monkeypatch, tmp_path: Path) -> Path:
+    """Empty caches under ``tmp_path`` (XDG and Hugging Face); returns the Hugging Face hub cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "hf" / "hub"
+
+
+def hf_cache_put(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """Files of ``repo`` in the layout of a Hugging Face cache."""
+    base = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        path = base / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def run_offline_script(script: str, tmp_path: Path) -> list[dict]:
+    """Run ``script`` in a fresh Python with the Hub off and empty caches under ``tmp_path``; the JSON objects it
+    printed, one per line (it must succeed)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # nothing may come from the network
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+
+
+# -- fine-tuning -------------------------------------------------------------------------------------------------------
+
+#: Short references, lower case and without punctuation, so that every tiny tokenizer (BLIP's lower-cases) writes
+#: them back exactly; the first eight are the training split, the last two the validation split.
+TRAINING_REFERENCES = ["no acute disease", "heart size normal lungs clear", "small left effusion",
+                       "cardiomegaly without edema", "right lower lobe pneumonia", "no pneumothorax", "stable chest",
+                       "mild atelectasis at the bases", "normal chest", "clear lungs"]
+
+
+def write_training_manifest(folder: Path, references=TRAINING_REFERENCES, n_val: int = 2) -> Path:
+    """A manifest with a split column: one distinct image per study (checkerboards of different periods and
+    brightness, so that even tiny random vision towers tell them apart) and its reference; the last ``n_val``
+    studies are the validation split."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, reference in enumerate(references):
+        y, x = np.mgrid[0:48, 0:48]
+        period = 4 + 2 * i
+        pixels = (((x // period + y // period) % 2) * 120 + 20 * i).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(folder / f"study{i}.png")
+        rows.append({"id": f"T{i:02d}", "image_path": f"study{i}.png", "reference": reference,
+                     "split": "val" if i >= len(references) - n_val else "train"})
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def finetune_config(tmp: Path, checkpoint: Path, manifest: Path, run_name: str = "ft", **overrides) -> Path:
+    """A fine-tuning configuration on the CPU in float32 (a short prompt, for speed); ``section__key=value``
+    overrides any setting."""
+    cfg = {
+        "model": {"name_or_path": str(checkpoint), "device": "cpu", "dtype": "float32"},
+        "prompt": {"system": "You are a radiologist.", "user": "Report."},
+        "generation": {"batch_size": 8, "max_new_tokens": 16},
+        "data": {"format": "manifest", "manifest": str(manifest), "split": "train"},
+        "loader": {"num_workers": 0},
+        "output": {"dir": str(tmp / "runs"), "run_name": f"{run_name}-gen", "html": False},
+        "evaluation": {"bootstrap": 0},
+        "training": {"run_name": run_name, "max_steps": 24, "batch_size": 4, "gradient_accumulation": 1,
+                     "learning_rate": 0.005, "lr_scheduler": "constant", "lora_r": 8, "lora_alpha": 16,
+                     "lora_dropout": 0.0, "checkpoint_every": 8, "eval_every": 8, "gradient_checkpointing": False},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def finetune_process(cfg_path: Path, *args: str, env=None) -> subprocess.Popen:
+    """finetune_cxr.py in its own process group (stdout and stderr piped)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "finetune_cxr.py"), "--quiet", "--config", str(cfg_path),
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+
+
+def committed_step(run_dir: Path) -> int:
+    """The step of a training run's last committed checkpoint (0 before the first)."""
+    try:
+        return json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))

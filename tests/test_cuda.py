@@ -21,7 +21,7 @@ from cxrgen.imaging import read_image
 from cxrgen.models import Item, load
 from cxrgen.models.cxr_llava import CxrLlava
 from cxrgen.models.cxr_llava.decoding import DecodeStats, Request, Shapes
-from helpers import IMAGES, ROOT, transformers_generate
+from helpers import IMAGES, ROOT, stream_tokens, transformers_generate
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -76,13 +76,7 @@ def test_fixed_shapes_make_bfloat16_reports_independent_of_their_batch(tiny_dir)
     fixed = Shapes(fixed=True)
 
     def tokens(todo=requests, stop_after=None, **kwargs):
-        out, stream = {}, model.stream_reports(todo, slots=4, max_new_tokens=40, shapes=fixed, **kwargs)
-        for done in stream:
-            out.update((key, report.token_ids) for key, report in done)
-            if stop_after and len(out) >= stop_after:
-                stream.close()
-                break
-        return out
+        return stream_tokens(model, todo, stop_after, slots=4, max_new_tokens=40, shapes=fixed, **kwargs)
 
     continuous = tokens(cuda_graphs="on")
     assert tokens(cuda_graphs="off") == continuous

@@ -27,6 +27,7 @@ from cxrgen.models.cxr_llava.decoding import DecodeStats, Request, Shapes
 from cxrgen.models.cxr_llava.preprocess import preprocess_image
 from cxrgen.models.cxr_llava.tiny import build_tiny_checkpoint
 from cxrgen.threads import configure_threads
+from helpers import stream_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "upstream_reference"
@@ -210,13 +211,7 @@ def test_batch_invariant_reports_do_not_depend_on_the_batch_in_bfloat16(tiny_dir
     fixed = Shapes(fixed=True)
 
     def tokens(slots, todo=requests, stop_after=None):
-        out, stream = {}, model.stream_reports(todo, slots=slots, max_new_tokens=40, shapes=fixed)
-        for done in stream:
-            out.update((key, report.token_ids) for key, report in done)
-            if stop_after and len(out) >= stop_after:
-                stream.close()
-                break
-        return out
+        return stream_tokens(model, todo, stop_after, slots=slots, max_new_tokens=40, shapes=fixed)
 
     alone = tokens(1)
     assert tokens(4) == alone and tokens(8) == alone
@@ -564,6 +559,9 @@ def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch, tiny_d
     import generate_cxr  # the command line adds the command that fetches it
     assert generate_cxr.fetch_hint(e.value) == (": python generate_cxr.py --download-model --set "
                                                "model.name_or_path=ECOFRI/CXR-LLAVA-v2")
+    assert generate_cxr.fetch_hint(e.value, "configs/medgemma-4b-it.yaml") == (  # the user's --config is kept
+        ": python generate_cxr.py --config configs/medgemma-4b-it.yaml --download-model --set "
+        "model.name_or_path=ECOFRI/CXR-LLAVA-v2")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--ECOFRI--CXR-LLAVA-v2"
     (repo / "refs").mkdir(parents=True)

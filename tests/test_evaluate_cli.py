@@ -340,7 +340,9 @@ def test_evaluate_frame_indexes_like_the_usable_rows_and_writes_metrics_json(tmp
     assert ev.per_sample["id"].tolist() == ["s0", "s2", "s3", "s4", "s5"]
     path = evaluation.write_metrics_json(ev, tmp_path / "metrics.json")
     m = json.loads(path.read_text())
-    assert set(m) == {"signature", "n", "n_empty", "metrics", "clinical"}
+    assert set(m) == {"signature", "n", "n_empty", "lengths", "metrics", "clinical"}
+    assert m["lengths"] == {"unit": "tokens", "mean": 10.0, "median": 10.0, "p95": 10.0, "max": 10,
+                            "stopped_at_limit": 0.0, "empty": 0.0}
     assert m["n"] == 5 and m["metrics"]["bleu_4"] == ev.summary["metrics"]["bleu_4"]
 
 
@@ -419,3 +421,20 @@ def test_help_is_helpful():
         assert flag in out.stdout
     assert "shard-<i>-of-<n>.csv" in out.stdout
     assert "radeval" in out.stdout and "ground_truth_report" in out.stdout
+
+
+def test_report_lengths_and_truncation_of_a_run_with_known_lengths():
+    """Tokens where the runner wrote them (n_new_tokens; stopped_at_eos false = cut at max_new_tokens), words
+    otherwise; over the scored rows only (the error row is left out)."""
+    ids = [f"s{i}" for i in range(6)]
+    gens = ["a b", "a b c", "x", "long " * 20, "", "never scored"]
+    df = _results(ids, gens, REFS[:6], status=["ok"] * 5 + ["error"])
+    df["n_new_tokens"] = [4, 8, 2, 512, 0, 99]
+    df["stopped_at_eos"] = [True, True, True, False, True, False]
+    lengths = evaluation.evaluate_frame(df, name="run", clinical=False, n_boot=0).summary["lengths"]
+    assert lengths == {"unit": "tokens", "mean": pytest.approx(105.2), "median": 4.0,
+                       "p95": pytest.approx(float(np.percentile([4, 8, 2, 512, 0], 95))), "max": 512,
+                       "stopped_at_limit": pytest.approx(0.2), "empty": pytest.approx(0.2)}
+    plain = df[["id", "generated_report", "reference"]].iloc[:5]
+    words = evaluation.evaluate_frame(plain, name="csv", clinical=False, n_boot=0).summary["lengths"]
+    assert words["unit"] == "words" and words["max"] == 20 and words["stopped_at_limit"] is None

@@ -148,3 +148,49 @@ def test_an_evaluation_does_not_replace_another_ones_outputs_without_saying_so(t
     rc, out, _ = _run(capsys, b, "--no-clinical", "--n-boot", "0", "--force")
     assert rc == 0 and "replaced another evaluation's outputs" in out
     assert list(json.loads((tmp_path / "summary.json").read_text())["systems"]) == ["b"]
+
+
+def test_each_system_is_named_after_its_model_and_shown_with_what_it_was_made_with(tmp_path, capsys, tiny_dir):
+    """Two runs with run.json (one real, one a copy whose run.json says another model, split and decoding):
+    without NAME= each system is named after its model; summary.json, summary.md, the terminal and the page name
+    per system the model, decoding, data and commit, the page holds each rendered prompt, the split difference is
+    one warning line, and the tiny random checkpoint is called noise."""
+    import shutil
+
+    from cxrgen import runner
+    from cxrgen.config import load_config
+    from helpers import make_config, write_manifest
+
+    cfg = make_config(tmp_path, tiny_dir, write_manifest(tmp_path, 4), "first", generation__max_new_tokens=6,
+                      evaluation__clinical=False)
+    assert runner.generate(load_config(cfg), progress=False) == 0
+    first = tmp_path / "runs" / "first"
+    second = tmp_path / "runs" / "second"
+    shutil.copytree(first, second)
+    run = json.loads((second / "run.json").read_text())
+    run["config"]["model"]["name_or_path"] = "ExampleOrg/Other-Model"
+    run["config"]["data"]["split"] = "test"
+    run["config"]["generation"]["temperature"] = 0.7
+    run["prompt"] = "<s>[INST] another prompt [/INST]"
+    run["model"]["random_weights"] = False
+    (second / "run.json").write_text(json.dumps(run))
+    out_dir = tmp_path / "cmp"
+    rc, out, err = _run(capsys, first / "reports.csv", second / "reports.csv", "--n-boot", "0", "--no-clinical",
+                        "--output-dir", out_dir, "--html")
+    assert rc == 0, err
+    tiny_name = tiny_dir.name
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert list(summary["systems"]) == [tiny_name, "Other-Model"]
+    origin = summary["systems"]["Other-Model"]["origin"]
+    assert origin["prompt"] == "<s>[INST] another prompt [/INST]" and origin["data"]["split"] == "test"
+    assert origin["decoding"]["temperature"] == 0.7 and origin["model"]["backend"] == "cxr_llava"
+    assert summary["systems"][tiny_name]["origin"]["decoding"]["max_new_tokens"] == 6
+    assert any("different data.split" in w and "Other-Model: test" in w for w in summary["warnings"])
+    assert any(w.startswith(f"{tiny_name}: made with a tiny random checkpoint") for w in summary["warnings"])
+    assert not any(w.startswith("Other-Model: made with") for w in summary["warnings"])
+    md = (out_dir / "summary.md").read_text()
+    assert f"model {tiny_dir} (cxr_llava, digest" in md and "greedy, max_new_tokens 6, batch 4" in md
+    assert "model ExampleOrg/Other-Model (cxr_llava" in md and "temperature 0.7" in md
+    assert "lengths: mean" in md and "stopped at the token limit" in out
+    page = (out_dir / "report.html").read_text()
+    assert 'id="origins"' in page and "another prompt" in page and "data manifest test" in page

@@ -167,3 +167,13 @@ def test_clinical_metrics_are_compared_between_systems():
     assert comp["chexpert14_micro_f1"]["diff"] == pytest.approx(1.0 - 6 / 9)
     assert rep.systems["better"].summary["clinical"]["metrics"]["chexbert5_micro_f1"]["value"] == pytest.approx(1.0)
     assert "obs:edema:f1" not in comp
+
+
+def test_label_agreement_does_not_reward_a_report_that_mentions_nothing():
+    """Noise mentions no finding: it agreed with 12 of 14 "not mentioned/negative" labels before (0.857); now it
+    scores 0 against a reference that mentions findings, a report with the same labels scores 1, and a pair where
+    neither mentions anything has no agreement (NaN), not 1."""
+    ref = clinical.label_codes([{"pleural_effusion": 1, "pneumothorax": 0}] * 3 + [{}])
+    hyp = clinical.label_codes([{}, {"pleural_effusion": 1, "pneumothorax": 0}, {"pleural_effusion": 1}, {}])
+    agreement = clinical.label_agreement(hyp, ref)
+    assert agreement[0] == 0 and agreement[1] == 1 and agreement[2] == 0.5 and np.isnan(agreement[3])

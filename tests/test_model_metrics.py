@@ -17,6 +17,7 @@ import pytest
 
 from cxrgen.metrics import clinical
 from cxrgen.metrics import model_based as mb
+from helpers import fake_metric_packages, hf_cache_put, metric_caches, run_offline_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # CheXbert's label order in RadEval (13 conditions, then No Finding)
@@ -193,63 +194,30 @@ def test_scoring_runs_with_the_hub_off_unless_allowed(monkeypatch):
 # ---------------------------------------------------------------- availability
 
 
-def _fake_specs(monkeypatch, missing=()):
-    real = importlib.util.find_spec
-
-    def find_spec(name, *a, **k):
-        if name in missing:
-            return None
-        if name in ("radeval", "medspacy", "dotmap", "appdirs", "sklearn", "datasets", "accelerate"):
-            return importlib.machinery.ModuleSpec(name, None)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(mb, "_version", lambda dist: {"radeval": "2.2.1", "thinc": "8.3.4", "numpy": "2.4.6"}.get(dist))
-
-
-def _caches(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    return tmp_path / "hf" / "hub"
-
-
-def _put(cache: Path, repo: str, files: dict[str, bytes]):
-    """Files of ``repo`` in the layout of a Hugging Face cache."""
-    base = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (base / "refs").mkdir(parents=True, exist_ok=True)
-    (base / "refs" / "main").write_text(commit)
-    for name, data in files.items():
-        path = base / "snapshots" / commit / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
 CONFIG = {"config.json": b"{}", "tokenizer_config.json": b"{}", "vocab.txt": b"[PAD]\n"}
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    _fake_specs(monkeypatch, missing=("radeval",))
+    fake_metric_packages(monkeypatch, missing=("radeval",))
     why = mb.check_available(mb.KNOWN)
     assert sorted(why) == sorted(mb.KNOWN)
     assert all("pip install -r requirements-metrics.txt" in w and "radeval" in w for w in why.values())
-    _fake_specs(monkeypatch, missing=("medspacy",))
+    fake_metric_packages(monkeypatch, missing=("medspacy",))
     monkeypatch.setattr(mb, "_missing_weights", lambda name: [])
     monkeypatch.setattr(mb, "_gpu_problem", lambda: None)
     assert list(mb.check_available(mb.KNOWN)) == ["ratescore"]
 
 
 def test_ratescore_reports_the_numpy_conflict_of_its_spacy(monkeypatch):
-    _fake_specs(monkeypatch)
+    fake_metric_packages(monkeypatch)
     monkeypatch.setattr(mb, "_version", lambda dist: {"thinc": "8.2.4", "numpy": "2.4.6"}.get(dist))
     why = mb.check_available(["ratescore"])["ratescore"]
     assert "thinc 8.2.4" in why and "numpy 2.4.6" in why
 
 
 def test_missing_weights_name_the_fetch_command(monkeypatch, tmp_path):
-    _fake_specs(monkeypatch)
-    _caches(monkeypatch, tmp_path)
+    fake_metric_packages(monkeypatch)
+    metric_caches(monkeypatch, tmp_path)
     why = mb.check_available(mb.KNOWN)
     assert sorted(why) == sorted(mb.KNOWN)
     for name, reason in why.items():
@@ -259,42 +227,61 @@ def test_missing_weights_name_the_fetch_command(monkeypatch, tmp_path):
 
 
 def test_cached_weights_make_a_scorer_available(monkeypatch, tmp_path):
-    _fake_specs(monkeypatch)
-    hub = _caches(monkeypatch, tmp_path)
-    _put(hub, "distilbert-base-uncased", {**CONFIG, "model.safetensors": b"x"})
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
+    hf_cache_put(hub, "distilbert-base-uncased", {**CONFIG, "model.safetensors": b"x"})
     assert mb.check_available(["bertscore"]) == {}
     # chexbert: its checkpoint in RadEval's own cache, the backbone's config in the HF cache
-    _put(tmp_path / "xdg" / "chexbert", mb.RRG_SCORERS, {"chexbert.pth": b"x"})
+    hf_cache_put(tmp_path / "xdg" / "chexbert", mb.RRG_SCORERS, {"chexbert.pth": b"x"})
     assert "bert-base-uncased" in mb.check_available(["chexbert"])["chexbert"]
-    _put(hub, "bert-base-uncased", CONFIG)
+    hf_cache_put(hub, "bert-base-uncased", CONFIG)
     assert mb.check_available(["chexbert"]) == {}
     # ratescore: a sharded checkpoint with one shard missing
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
-    _put(hub, mb.RATE_NER_MODEL, {**CONFIG, "model.safetensors.index.json": json.dumps(index).encode(),
+    hf_cache_put(hub, mb.RATE_NER_MODEL, {**CONFIG, "model.safetensors.index.json": json.dumps(index).encode(),
                                   "model-00001-of-00002.safetensors": b"x"})
-    _put(hub, mb.RATE_EVAL_MODEL, {**CONFIG, "pytorch_model.bin": b"x"})
+    hf_cache_put(hub, mb.RATE_EVAL_MODEL, {**CONFIG, "pytorch_model.bin": b"x"})
     assert "1 of 2 weight shards" in mb.check_available(["ratescore"])["ratescore"]
-    _put(hub, mb.RATE_NER_MODEL, {"model-00002-of-00002.safetensors": b"x"})
+    hf_cache_put(hub, mb.RATE_NER_MODEL, {"model-00002-of-00002.safetensors": b"x"})
     assert mb.check_available(["ratescore"]) == {}
 
 
 def test_radgraph_needs_the_extracted_model_and_its_encoder(monkeypatch, tmp_path):
-    _fake_specs(monkeypatch)
-    hub = _caches(monkeypatch, tmp_path)
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
     model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph-xl"
     assert "radgraph-xl.tar.gz" in mb.check_available(["radgraph"])["radgraph"]
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text(json.dumps(_radgraph_config("org/encoder")))
     (model_dir / "weights.th").write_bytes(b"x")
     assert "org/encoder (config.json)" in mb.check_available(["radgraph"])["radgraph"]
-    _put(hub, "org/encoder", CONFIG)
+    hf_cache_put(hub, "org/encoder", CONFIG)
     assert mb.check_available(["radgraph"]) == {}
 
 
+def test_protocol_scorers_need_their_own_weights(monkeypatch, tmp_path):
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
+    why = mb.check_available(mb.PROTOCOL_SCORERS)
+    assert "radgraph.tar.gz extracted in" in why["radgraph_partial"] and "radgraph-xl" not in why["radgraph_partial"]
+    assert "radgraph.tar.gz" in why["radgraph_combined"]
+    assert "distilroberta-base" in why["bertscore_distilroberta"]
+    assert "chexbert.pth" in why["sembscore"]
+    for name, reason in why.items():
+        assert f"python evaluate.py --fetch-metric-models {name}" in reason
+    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps(_radgraph_config("org/encoder")))
+    (model_dir / "weights.th").write_bytes(b"x")
+    hf_cache_put(hub, "org/encoder", CONFIG)
+    hf_cache_put(hub, "distilroberta-base", {**CONFIG, "model.safetensors": b"x"})
+    assert set(mb.check_available(mb.PROTOCOL_SCORERS)) == {"sembscore"}
+
+
 def test_green_with_weights_needs_a_gpu(monkeypatch, tmp_path):
-    _fake_specs(monkeypatch)
-    hub = _caches(monkeypatch, tmp_path)
-    _put(hub, mb.GREEN_MODEL, {**CONFIG, "model.safetensors": b"x"})
+    fake_metric_packages(monkeypatch)
+    hub = metric_caches(monkeypatch, tmp_path)
+    hf_cache_put(hub, mb.GREEN_MODEL, {**CONFIG, "model.safetensors": b"x"})
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "needs a CUDA GPU" in mb.check_available(["green"])["green"]
@@ -329,7 +316,7 @@ def fake_hub(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub import constants
 
-    _caches(monkeypatch, tmp_path)
+    metric_caches(monkeypatch, tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -339,7 +326,7 @@ def fake_hub(monkeypatch, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    tgz = tmp_path / "radgraph-xl.tar.gz"
+    tgz = tmp_path / "radgraph.tar.gz"  # the archive asked for, whichever RadGraph model
     tgz.write_bytes(archive.getvalue())
     repos = {
         "distilbert-base-uncased": ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -359,7 +346,7 @@ def fake_hub(monkeypatch, tmp_path):
 
     def hf_hub_download(repo, filename, cache_dir=None, **k):
         asked.append((repo, filename, cache_dir))
-        return str(tgz) if filename == "radgraph-xl.tar.gz" else f"{cache_dir}/{repo}/{filename}"
+        return str(tgz) if filename.endswith(".tar.gz") else f"{cache_dir}/{repo}/{filename}"
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
@@ -387,6 +374,13 @@ def test_fetch_radgraph_extracts_and_fetches_its_encoder(fake_hub, tmp_path):
     assert fake_hub[0] == (mb.RRG_SCORERS, "radgraph-xl.tar.gz", str(model_dir.parent))
     assert sorted(f for r, f, c in fake_hub[1:] if r == "org/encoder") == ["config.json", "tokenizer_config.json",
                                                                           "vocab.txt"]
+
+
+def test_fetch_gets_the_original_radgraph_archive_for_the_protocol_scorers(fake_hub, tmp_path):
+    mb.fetch(["radgraph_combined"])
+    model_dir = tmp_path / "xdg" / "radgraph" / "0.1.18" / "radgraph"
+    assert fake_hub[0] == (mb.RRG_SCORERS, "radgraph.tar.gz", str(model_dir.parent))
+    assert (model_dir / "weights.th").read_bytes() == b"w"
 
 
 def test_fetch_unreachable_hub_is_one_line(fake_hub):
@@ -464,14 +458,7 @@ RADEVAL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("radeval") is None, reason="RadEval is not installed")
 def test_radeval_bertscore_and_chexbert_run_offline_on_tiny_local_models(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # nothing may come from the network
-    env.pop("HF_HUB_CACHE", None)
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    out = subprocess.run([sys.executable, "-c", RADEVAL_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    lines = run_offline_script(RADEVAL_SCRIPT, tmp_path)
     assert lines[0] == {"available": {}}
     res = lines[1]
     f1 = res["bertscore"]["bertscore_f1"]

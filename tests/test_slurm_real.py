@@ -1,4 +1,5 @@
-"""slurm/generate.sbatch and slurm/evaluate.sbatch on a real single-node Slurm (slurmctld, slurmd and munged).
+"""slurm/generate.sbatch, slurm/evaluate.sbatch and slurm/finetune.sbatch on a real single-node Slurm (slurmctld,
+slurmd and munged).
 
 The cluster is started in a temporary folder with its own slurm.conf, munge key and socket, on free local ports, and
 is stopped afterwards, jobs included. The jobs run in a copy of the code without a logs/ folder, as in a fresh clone,
@@ -212,7 +213,7 @@ def _fresh_clone(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("cxrgen", "slurm"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("generate_cxr.py", "evaluate.py"):
+    for name in ("generate_cxr.py", "evaluate.py", "finetune_cxr.py"):
         shutil.copy2(ROOT / name, dest / name)
     return dest
 
@@ -236,6 +237,34 @@ def _wait_for(cluster: Cluster, what: str, condition, timeout: float, logs: list
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def _stop_until_requeued(slurm: Cluster, job: str, log: Path, progressed, what: str) -> dict:
+    """Once the running job has ``progressed()``, USR1 to its batch shell (what --signal=B:USR1 does); returns its
+    ``scontrol show job`` once its script has requeued it."""
+    def running_and_progressed():
+        state = slurm.job(job).get("JobState")
+        assert state not in FINAL_STATES, f"{job} ended ({state}) before it could be interrupted\n" + (
+            log.read_text() if log.exists() else "(no log)")
+        return progressed()
+
+    _wait_for(slurm, what, running_and_progressed, 180, [log])
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+
+    def requeued():
+        info = slurm.job(job)
+        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
+
+    return _wait_for(slurm, f"{job} to be requeued", requeued, 120, [log])
+
+
+def _restart_now(slurm: Cluster, job: str, info: dict) -> None:
+    """Slurm delays a requeued job's start by two minutes; start it now, but not within the second its previous run
+    was killed in: slurmd refuses a job credential issued in that second ("Job credential revoked")."""
+    time.sleep(2)
+    if "Held" in info.get("Reason", ""):
+        slurm.run("scontrol", "release", job)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
 def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm):
@@ -266,28 +295,10 @@ def test_array_task_requeued_by_usr1_resumes_and_the_merged_run_evaluates(slurm)
     log0, log1 = clone / f"cxrgen-{task0}.out", clone / f"cxrgen-{task1}.out"
     part0 = run_dir / "parts" / "shard-0-of-2.csv"
 
-    def started_and_committed():
-        state = slurm.job(task0).get("JobState")
-        assert state not in FINAL_STATES, f"task 0 ended ({state}) before it could be interrupted\n" + (
-            log0.read_text() if log0.exists() else "(no log)")
-        return _committed(part0) >= 1
-
-    _wait_for(slurm, "task 0 to commit a batch", started_and_committed, 180, [log0])
-    slurm.run("scancel", "--signal=USR1", "--batch", task0)
-
-    def requeued():
-        info = slurm.job(task0)
-        return info if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1 else None
-
-    info = _wait_for(slurm, "task 0 to be requeued", requeued, 90, [log0])
+    info = _stop_until_requeued(slurm, task0, log0, lambda: _committed(part0) >= 1, "task 0 to commit a batch")
     committed_before = _committed(part0)
     assert 1 <= committed_before < N_STUDIES // 2
-    # Slurm delays a requeued job's start by two minutes; start it now, but not within the second its previous run
-    # was killed in: slurmd refuses a job credential issued in that second ("Job credential revoked").
-    time.sleep(2)
-    if "Held" in info.get("Reason", ""):
-        slurm.run("scontrol", "release", task0)
-    slurm.run("scontrol", "update", f"JobId={task0}", "StartTime=now")
+    _restart_now(slurm, task0, info)
 
     def finished():
         infos = [slurm.job(t) for t in (task0, task1)]
@@ -350,3 +361,48 @@ def test_the_documented_sbatch_line_builds_a_retrieval_index(slurm):
     (folder,) = index_dir.iterdir()
     assert f"{folder}: 4 studies indexed" in text
     assert json.loads((folder / "index.json").read_text())["count"] == 4
+
+
+def test_finetune_job_stopped_by_usr1_saves_is_requeued_and_resumes_to_the_end(slurm):
+    """slurm/finetune.sbatch with two CPU processes over gloo (NPROC=2, torchrun): USR1 to the batch shell reaches
+    both processes, which save a checkpoint at the same step and exit 75; the script requeues the job, which resumes
+    from that checkpoint and trains to the last step; the log ends with the adapter folder."""
+    from helpers import committed_step, write_training_manifest
+
+    clone = _fresh_clone(slurm.root / "clone")
+    tiny = build_tiny_checkpoint(slurm.root / "tiny", seed=0, shards=1)
+    manifest = write_training_manifest(slurm.root / "data")
+    run_dir = slurm.root / "runs" / "ft"
+    (slurm.root / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny), "device": "cpu"},
+        "prompt": {"system": "You are a radiologist.", "user": "Report."},
+        "data": {"format": "manifest", "manifest": str(manifest)},
+        "output": {"dir": str(run_dir.parent)},
+        "training": {"run_name": run_dir.name, "max_steps": 80, "batch_size": 2, "gradient_accumulation": 1,
+                     "learning_rate": 0.005, "checkpoint_every": 5, "eval_every": 40, "gradient_checkpointing": False},
+    }))
+    job_env = {**slurm.env, "CXRGEN_VENV": sys.prefix, "NPROC": "2"}
+    # a time limit well beyond the script's B:USR1@600, which would otherwise signal the job as soon as it starts
+    job = slurm.run("sbatch", "--parsable", "--gres=none", "--cpus-per-task=2", "--mem=2G", "--time=00:30:00",
+                    "slurm/finetune.sbatch", "--config", str(slurm.root / "config.yaml"), "--quiet",
+                    cwd=clone, env=job_env).stdout.strip().split(";")[0]
+    log = clone / f"cxrgen-finetune-{job}.out"
+
+    info = _stop_until_requeued(slurm, job, log, lambda: committed_step(run_dir) >= 5, "the first checkpoint")
+    stopped_at = committed_step(run_dir)
+    assert 5 <= stopped_at < 80
+    _restart_now(slurm, job, info)
+
+    info = _wait_for(slurm, "the job to finish", lambda: (lambda i: i if i.get("JobState") in FINAL_STATES else None)(
+        slurm.job(job)), 240, [log])
+    out = log.read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out + slurm.logs()
+    assert out.count("received SIGUSR1") == 2, out  # both processes got it from the script
+    assert f"interrupted after saving a checkpoint; requeueing {job}" in out, out
+    assert f"resuming at step {stopped_at} " in out, out
+    assert out.strip().splitlines()[-1] == str(run_dir / "best")
+    record = json.loads((run_dir / "train.json").read_text())
+    starts = record["starts"]
+    assert [(s["outcome"], s["processes"]) for s in starts] == [("interrupted", 2), ("ended", 2)]
+    assert starts[0]["step_after"] == stopped_at and starts[1]["steps_run"] == 80 - stopped_at
+    assert [s["step"] for s in record["steps"]] == list(range(1, 81)) and record["schedule"]["global_batch"] == 4

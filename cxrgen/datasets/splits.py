@@ -166,7 +166,7 @@ def make_split(root, force: bool = False) -> SplitResult:
     for name in SPLITS:
         if status[name] != "unchanged":
             _write_atomic(files[name], texts[name])
-            log.info("%s %s (%d studies)", status[name], files[name], len(frames[name]))
+            log.debug("%s %s (%d studies)", status[name], files[name], len(frames[name]))
     counts = {
         "reports": len(reports), "incomplete": int(incomplete.sum()), "kept": len(kept),
         **{name: len(frames[name]) for name in SPLITS},

@@ -7,6 +7,7 @@ inputs         CSV reading (strict; shard parts up to their committed length), s
                which column is the id / generated report / reference, image paths
 alignment      row rules (status errors, empty references, empty reports, duplicates) and the
                alignment of several systems on the studies they share
+sections       the reference a published protocol scores (findings, ReXrank's findings + impression)
 scoring        the metrics of the registry on every system, bootstrap intervals, comparisons with
                the baseline (paired bootstrap or approximate randomization)
 summaries      ``summary.json``, ``per_sample.csv``, ``metrics.json``; writing the output files

@@ -184,19 +184,31 @@ def system_of(path: Path) -> tuple[str, str]:
 
 
 def load_systems(args: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Read all inputs; shard parts of one run are concatenated into one system. A part with
+    """Read all inputs; shard parts of one run are concatenated into one system. A system not named on the command
+    line is named after its model when its run folder has a run.json (:mod:`cxrgen.evaluation.origins`; two such
+    systems of the same model keep their file or folder names), else after its file or folder. A part with
     nothing committed, or only a header, is skipped with a log line; a system with no row at
     all is an error saying there is nothing to score."""
+    from cxrgen.evaluation.origins import model_name, origin_of
+
     groups: dict[str, tuple[str, list[Path]]] = {}
+    unnamed: set[str] = set()
     for explicit, path in expand_inputs(args):
         default_name, key = system_of(path)
         name = explicit or default_name
         if explicit:
             key = f"named:{explicit}"
+        else:
+            unnamed.add(key)
         if key in groups:
             groups[key][1].append(path)
         else:
             groups[key] = (name, [path])
+    by_model = {key: model_name(origin_of(groups[key][1][0])) for key in unnamed}
+    taken = [n for key, (n, _) in groups.items() if key not in unnamed]
+    for key, name in by_model.items():
+        if name and list(by_model.values()).count(name) == 1 and name not in taken:
+            groups[key] = (name, groups[key][1])
     names = [n for n, _ in groups.values()]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

@@ -9,6 +9,10 @@ test (:mod:`cxrgen.metrics.significance`, the default) or the paired bootstrap
 never re-scoring text. Each comparison also counts its **discordant studies**, those whose
 statistics for the metric differ between the two systems: a difference resting on fewer than
 :data:`MIN_DISCORDANT` of them is marked unreliable (``"reliable": false``), whatever its p-value.
+
+Under a published protocol (:mod:`cxrgen.metrics.protocols`) the protocol gives the metrics, the reference
+(:mod:`cxrgen.evaluation.sections`), the default number of resamples and the signature's first fields, and each
+system's summary also holds its ``published`` values (the published code's own way of reporting them).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrgen.evaluation import summaries
+from cxrgen.evaluation import sections, summaries
 from cxrgen.evaluation.alignment import Prepared, align, prepare, restrict
 from cxrgen.evaluation.common import (EvaluationInputError, MetricError, MetricUnavailableError, NothingToScoreError, log,
                                      text_or_empty, where)
-from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, standardise
-from cxrgen.metrics import bootstrap, clinical, significance
+from cxrgen.evaluation.inputs import HYP, REF, STATUS, resolve_columns, source_paths, standardise
+from cxrgen.evaluation.origins import origin_of, task_differences
+from cxrgen.metrics import bootstrap, clinical, protocols, significance
 from cxrgen.metrics.base import Metric
 from cxrgen.metrics.model_metric import ModelMetricFailure
 from cxrgen.metrics.signature import make_signature
@@ -82,17 +87,34 @@ def _model_names(model_metrics: Sequence[str] | str) -> list[str]:
         raise EvaluationInputError(str(exc)) from None
 
 
-def _check_models(names: list[str], skip_unavailable: bool) -> dict[str, str]:
-    if not names:
+def _check_models(metrics: Sequence[Metric], skip_unavailable: bool) -> dict[str, str]:
+    """Metric name -> why, for each model-based metric whose scorers cannot run here. One that is not
+    ``optional`` stops the evaluation (:class:`MetricUnavailableError`, each scorer's reason once) unless
+    ``skip_unavailable``; an optional one (a protocol's "where installed") is reported unavailable."""
+    needs = {m.name: tuple(getattr(m, "scorers", ())) for m in metrics}
+    scorers = list(dict.fromkeys(s for names in needs.values() for s in names))
+    if not scorers:
         return {}
     from cxrgen.metrics import model_based
 
-    reasons = dict(model_based.check_available(names))
-    if reasons and not skip_unavailable:
-        raise MetricUnavailableError("; ".join(f"{n}: {why}" for n, why in reasons.items()))
-    for n, why in reasons.items():
-        log.warning("%s: skipped, %s", n, why)
-    return reasons
+    reasons = dict(model_based.check_available(scorers))
+    skipped = {}
+    for name, names in needs.items():
+        missing = [s for s in names if s in reasons]
+        if missing:
+            skipped[name] = reasons[missing[0]] if len(names) == 1 else "; ".join(f"{s}: {reasons[s]}" for s in missing)
+    optional = {m.name for m in metrics if getattr(m, "optional", False)}
+    required: dict[str, list[str]] = {}  # missing scorer -> the metrics it stops
+    for m in metrics:
+        if m.name in skipped and m.name not in optional:
+            for s in needs[m.name]:
+                if s in reasons:
+                    required.setdefault(s, []).append(m.name)
+    if required and not skip_unavailable:
+        raise MetricUnavailableError("; ".join(f"{s}: {reasons[s]}" for s in required))
+    for s, names in required.items():
+        log.warning("%s: skipped, %s", ", ".join(names), reasons[s] if names == [s] else f"{s}: {reasons[s]}")
+    return skipped
 
 
 def evaluate_systems(
@@ -103,7 +125,7 @@ def evaluate_systems(
     hyp_col: str | None = None,
     ref_col: str | None = None,
     status_col: str | None = STATUS,
-    n_boot: int = 1000,
+    n_boot: int | None = None,
     seed: int = 0,
     compat: str | None = None,
     clinical_metrics: bool = True,
@@ -114,6 +136,7 @@ def evaluate_systems(
     significance_test: str = "ar",
     ar_trials: int = significance.DEFAULT_TRIALS,
     label_reports: Callable[[list[str]], list[dict]] | None = None,
+    protocol: protocols.Protocol | str | None = None,
 ) -> Report:
     """Score every system in ``frames`` (name -> rows) on the studies they share and compare each
     with ``baseline`` (default: the first).
@@ -121,9 +144,22 @@ def evaluate_systems(
     Columns: ``id_col``, ``hyp_col``, ``ref_col`` name them; None finds them by their common names
     (:func:`cxrgen.evaluation.inputs.resolve_columns`), per system. ``significance_test``:
     ``"ar"`` (``ar_trials`` trials) or ``"bootstrap"``. A model-based metric that cannot run is an
-    error (:class:`MetricUnavailableError`) unless ``skip_unavailable``."""
+    error (:class:`MetricUnavailableError`) unless ``skip_unavailable``. ``protocol`` (a
+    :class:`~cxrgen.metrics.protocols.Protocol` or its name) replaces the metrics of the mode and the
+    reference, and gives the default ``n_boot`` (otherwise 1,000); it takes no ``compat`` or
+    ``model_metrics``, and counts uncertain labels as it defines."""
     if not frames:
         raise EvaluationInputError("no results to evaluate")
+    if isinstance(protocol, str):
+        try:
+            protocol = protocols.get(protocol)
+        except ValueError as exc:
+            raise EvaluationInputError(str(exc)) from None
+    if protocol is not None and (compat is not None or model_metrics):
+        raise EvaluationInputError(f"protocol {protocol.name} fixes the metrics and their definitions; it takes no "
+                                   "compatibility mode or extra model-based metrics")
+    if n_boot is None:
+        n_boot = protocol.n_boot if protocol is not None else 1000
     if n_boot < 0:
         raise EvaluationInputError(f"the number of bootstrap resamples must be 0 or more, not {n_boot}")
     if uncertain not in clinical.POLICIES:
@@ -140,12 +176,16 @@ def evaluate_systems(
         raise EvaluationInputError(f"baseline {baseline!r} is not one of the systems: {', '.join(names)}")
     order = [baseline] + [n for n in names if n != baseline]
     model_names = _model_names(model_metrics)
-    skipped = _check_models(model_names, skip_unavailable)
+    metric_list = protocol.metrics() if protocol is not None else metrics_for(compat, model_names)
+    skipped = _check_models(metric_list, skip_unavailable)
 
     standard: dict[str, pd.DataFrame] = {}
     for n in order:
         cols = resolve_columns(frames[n], id_col, hyp_col, ref_col, status_col)
         standard[n] = standardise(frames[n], cols)
+        if protocol is not None:
+            refs = sections.protocol_references(frames[n], cols, protocol, ref_given=ref_col is not None)
+            standard[n] = standard[n].assign(**{REF: refs})
     prepared: dict[str, Prepared] = {n: prepare(standard[n], n) for n in order}
     for p in prepared.values():
         if not p.ids:
@@ -162,7 +202,6 @@ def evaluate_systems(
         for n in order:
             restrict(prepared[n], shared, dropped[n]["ids"])
 
-    metric_list = metrics_for(compat, model_names)
     ref_cache: dict = {}
     scores: dict[str, Scores] = {}
     for n in order:
@@ -177,7 +216,7 @@ def evaluate_systems(
     base_scores = scores[baseline]
     signature = make_signature(
         base_scores.components, compat=compat, n_boot=n_boot, seed=seed,
-        ar_trials=ar_trials if significance_test == "ar" and len(order) > 1 else None,
+        ar_trials=ar_trials if significance_test == "ar" and len(order) > 1 else None, protocol=protocol,
     )
 
     if n_boot > 0:
@@ -191,11 +230,18 @@ def evaluate_systems(
     for n in order:
         p, s = prepared[n], scores[n]
         summary = summaries.system_summary(p, s, points[n], boot_values[n])
+        paths = source_paths(frames[n])
+        summary["origin"] = origin_of(paths[0]) if paths else None
+        if protocol is not None and protocol.published:
+            summary["published"] = protocols.published_values(protocol, s)
         evaluations[n] = Evaluation(name=n, per_sample=summaries.per_sample_frame(p, s), summary=summary,
                                     signature=signature, scores=s)
 
     comparisons = []
-    warnings = []
+    warnings = task_differences({n: evaluations[n].summary["origin"] for n in order})
+    warnings += [f"{n}: made with a tiny random checkpoint, so its reports are noise (a demonstration of the "
+                 "mechanics, not a model)" for n in order
+                 if (evaluations[n].summary["origin"] or {}).get("model", {}).get("random_weights")]
     for n in order[1:]:
         comparisons += _compare(n, baseline, scores, points, boot_values, significance_test, ar_trials, seed)
     if len(order) > 1 and base_scores.n < significance.MIN_STUDIES:
@@ -209,7 +255,10 @@ def evaluate_systems(
         "clinical": "clinical" in base_scores.cols, "uncertain": uncertain if "clinical" in base_scores.cols else None,
         "model_metrics": model_names, "significance": significance_test,
         "ar_trials": ar_trials if significance_test == "ar" else None,
+        "protocol": protocol.name if protocol is not None else None,
     }
+    if protocol is not None:
+        settings["reference"] = protocol.reference.description
     frames_out = {n: standard[n] for n in order}
     return Report(signature=signature, systems=evaluations, baseline=baseline, comparisons=comparisons,
                   alignment=alignment, settings=settings, frames=frames_out, metrics=list(base_scores.metrics),

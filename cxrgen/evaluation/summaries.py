@@ -6,7 +6,9 @@ A system's summary (``summary.json["systems"][name]``) holds the counts (``n``, 
 without a block of its own, in registry order: ``{"value", "ci": [low, high] | null}``), the
 blocks of metrics that have one (``clinical``: its ``metrics``, labeler, policy and
 per-observation table), ``unavailable`` (metric -> why it was not computed), ``empty_ids`` and
-``excluded``.
+``excluded``; under a published protocol also ``published`` (key -> ``{"value", "ci", "scale", "how"}``: the
+value as the published code reports it, :func:`cxrgen.metrics.protocols.published_values`). ``summary.json`` then
+names the protocol under ``protocol`` (name, title, the code it follows, its reference).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def system_summary(p: Prepared, s: Scores, point: dict[str, float], boot: dict[s
     }
     if "not_shared" in excluded:
         summary["n_not_shared"] = len(excluded["not_shared"])
+    summary["lengths"] = report_lengths(p.frame)
     summary["empty_ids"] = empty_ids
     summary["excluded"] = excluded
     blocks = {}
@@ -67,6 +70,27 @@ def system_summary(p: Prepared, s: Scores, point: dict[str, float], boot: dict[s
     summary["unavailable"] = dict(s.unavailable)
     summary.update(blocks)
     return summary
+
+
+def report_lengths(frame: pd.DataFrame) -> dict:
+    """Length of the generated reports that were scored: mean, median, 95th percentile and maximum, in generated
+    tokens where the rows say (``n_new_tokens``, the runner's column), else in whitespace-separated words; the
+    share that stopped at the token limit (``stopped_at_eos`` false) where the rows say, and the share empty."""
+    if "n_new_tokens" in frame.columns:
+        unit, lengths = "tokens", pd.to_numeric(frame["n_new_tokens"], errors="coerce").fillna(0).to_numpy()
+    else:
+        unit = "words"
+        lengths = np.array([len(str(v).split()) if not is_empty_text(v) else 0 for v in frame[HYP]])
+    out = {"unit": unit, "mean": None, "median": None, "p95": None, "max": None, "stopped_at_limit": None,
+           "empty": None}
+    if len(lengths):
+        out.update(mean=float(lengths.mean()), median=float(np.median(lengths)),
+                   p95=float(np.percentile(lengths, 95)), max=int(lengths.max()),
+                   empty=float(np.mean([is_empty_text(v) for v in frame[HYP]])))
+        if "stopped_at_eos" in frame.columns:
+            stopped = frame["stopped_at_eos"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+            out["stopped_at_limit"] = float((~stopped & (lengths > 0)).mean())
+    return out
 
 
 def per_sample_frame(p: Prepared, s: Scores) -> pd.DataFrame:
@@ -95,16 +119,23 @@ def summary_dict(report: "Report") -> dict:
     }
     if report.alignment is not None:
         out["alignment"] = report.alignment
+    if report.settings.get("protocol"):
+        from cxrgen.metrics import protocols
+
+        p = protocols.get(report.settings["protocol"])
+        out["protocol"] = {"name": p.name, "title": p.title, "source": p.source,
+                           "reference": p.reference.description}
     return out
 
 
 def metrics_json(evaluation: "Evaluation") -> dict:
-    """A run's ``metrics.json`` content: signature, n, n_empty, metrics and clinical."""
+    """A run's ``metrics.json`` content: signature, n, n_empty, lengths, metrics and clinical."""
     s = evaluation.summary
     return {
         "signature": evaluation.signature,
         "n": s["n"],
         "n_empty": s["n_empty"],
+        "lengths": s.get("lengths"),
         "metrics": s["metrics"],
         "clinical": s.get("clinical", {}),
     }

@@ -9,6 +9,11 @@ Formats: a value with 4 decimals (``0.1235``), with its interval ``0.1235 [0.100
 label metric, its support ``(ref+ 12, gen+ 9)``; a difference ``+0.0123 (0.042)`` with its p-value in 3
 decimals (``<0.001`` below that), ``†`` when it rests on fewer than ``MIN_DISCORDANT`` discordant studies; an
 em dash for none or an undefined value.
+
+Under a published protocol the terminal and ``summary.md`` name it (and its reference) above the table, and a
+second table lists the published-style values (each system's ``published``: the value as the published code
+reports it, e.g. LLaVA-Rad's median of 500 bootstrap values and its BLEU on the 0-100 scale), with how each was
+computed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,17 @@ from cxrgen.evaluation.scoring import MIN_DISCORDANT
 from cxrgen.metrics import clinical
 
 BLOCK_TITLES = {"clinical": "clinical (CheXpert labels)"}
+
+
+def block_title(summary: Mapping, block: str) -> str:
+    """The title row of a block: :data:`BLOCK_TITLES`, else the block's own ``title``, else its name."""
+    if block in BLOCK_TITLES:
+        return BLOCK_TITLES[block]
+    for s in _if_mapping(summary.get("systems")).values():
+        title = _if_mapping(_if_mapping(s).get(block)).get("title")
+        if title:
+            return str(title)
+    return block
 
 
 def fmt_value(v: float | None, digits: int = 4) -> str:
@@ -147,6 +163,35 @@ def observation_rows(system_summary: Mapping) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def protocol_lines(summary: Mapping) -> list[str]:
+    """The protocol an evaluation follows and its reference, one line (none without a protocol)."""
+    p = _if_mapping(summary.get("protocol"))
+    if not p:
+        return []
+    return [f"protocol: {p.get('name')} ({p.get('title')}; {p.get('source')}); reference: {p.get('reference')}"]
+
+
+def published_rows(summary: Mapping) -> tuple[list[str], list[list[str]], list[str]]:
+    """The published-style values: header, one row per key (its value and interval per system, on the published
+    scale), and one line per way of computing them naming its keys (all empty without such values)."""
+    systems = _if_mapping(summary.get("systems"))
+    names = [n for n, s in systems.items() if _if_mapping(s).get("published")]
+    if not names:
+        return [], [], []
+    keys = list(dict.fromkeys(k for n in names for k in systems[n]["published"]))
+    rows, hows = [], {}
+    for k in keys:
+        row = [k]
+        for n in names:
+            e = systems[n]["published"].get(k)
+            row.append(fmt_entry(e))
+            if e and k not in hows.setdefault(e.get("how"), []):
+                hows[e.get("how")].append(k)
+        rows.append(row)
+    notes = [f"{', '.join(ks)}: {how}" for how, ks in hows.items()]
+    return ["published-style value"] + names, rows, notes
+
+
 def count_lines(summary: Mapping) -> list[str]:
     """One line of counts per system, then the ids dropped by the alignment."""
     out = []
@@ -156,11 +201,43 @@ def count_lines(summary: Mapping) -> list[str]:
         if "n_not_shared" in s:
             parts.append(f"{s['n_not_shared']} not shared with every system")
         out.append(f"{n}: {s['n_rows']} rows; " + ", ".join(parts))
+        out += [f"  {line}" for line in (origin_line(s.get("origin")), length_line(s.get("lengths"))) if line]
     for n, d in _if_mapping(_if_mapping(summary.get("alignment")).get("dropped")).items():
         if d["n"]:
             why = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items())
             out.append(f"  dropped from {n}: {d['n']} ({why})")
     return out
+
+
+def length_line(lengths: Mapping | None) -> str | None:
+    """``lengths: mean 75 tokens (median 60, 95th percentile 180, max 295); 12% stopped at the token limit; 0% empty``."""
+    if not lengths or lengths.get("mean") is None:
+        return None
+    line = (f"lengths: mean {lengths['mean']:.0f} {lengths['unit']} (median {lengths['median']:.0f}, 95th percentile "
+            f"{lengths['p95']:.0f}, max {lengths['max']})")
+    if lengths.get("stopped_at_limit") is not None:
+        line += f"; {100 * lengths['stopped_at_limit']:.0f}% stopped at the token limit"
+    return line + f"; {100 * (lengths.get('empty') or 0):.0f}% empty"
+
+
+def origin_line(origin: Mapping | None) -> str | None:
+    """What a system's run was made with, in one line (:mod:`cxrgen.evaluation.origins`)."""
+    if not origin:
+        return None
+    m, d, g = origin.get("model") or {}, origin.get("data") or {}, origin.get("decoding") or {}
+    version = (f"revision {m['revision']}" if m.get("revision") else f"digest {m['digest']}" if m.get("digest")
+               else "unversioned")
+    model = f"{m.get('name')} ({m.get('backend')}, {version}, {m.get('dtype')}"
+    model += "".join(f", {k} {m[k]}" for k in ("quantization",) if m.get(k) not in (None, "none"))
+    model += (f", adapter {m['adapter']}" if m.get("adapter") else "") + ")"
+    decoding = ("greedy" if not g.get("temperature") else f"temperature {g['temperature']}, top-p {g.get('top_p')}, "
+                f"seed {g.get('seed')}") + f", max_new_tokens {g.get('max_new_tokens')}, batch {g.get('batch_size')}"
+    if g.get("batch_invariant"):
+        decoding += ", batch-invariant"
+    data = f"{d.get('format')} {d.get('split')}, {d.get('reference')}, {d.get('views')} views, {d.get('selected')} studies"
+    project = origin.get("project") or {}
+    commit = (project.get("commit") or "")[:12] or f"version {project.get('version')}"
+    return f"model {model}; {decoding}; data {data}; cxrgen {commit}"
 
 
 def warning_lines(summary: Mapping) -> list[str]:
@@ -216,15 +293,20 @@ def format_table(report_or_summary) -> str:
     and notes on methods."""
     summary = _as_summary(report_or_summary)
     header, rows = table_rows(summary)
-    lines = warning_lines(summary) + [f"signature: {summary.get('signature')}"] + count_lines(summary) + [""]
+    lines = warning_lines(summary) + protocol_lines(summary) + [f"signature: {summary.get('signature')}"]
+    lines += count_lines(summary) + [""]
     body: list[list[str]] = []
     current = None
     for block, cells in rows:
         if block != current and block is not None:
-            body.append([BLOCK_TITLES.get(block, block)] + [""] * (len(header) - 1))
+            body.append([block_title(summary, block)] + [""] * (len(header) - 1))
         current = block
         body.append(cells)
     lines += _aligned(header, body)
+    pub_header, pub_rows, pub_notes = published_rows(summary)
+    if pub_rows:
+        lines += ["", "as the published code reports them (not comparable with the intervals above):"]
+        lines += _aligned(pub_header, pub_rows) + [f"  {line}" for line in pub_notes]
     for name, s in _if_mapping(summary.get("systems")).items():
         if s.get("clinical"):
             lines += ["", f"per-observation labels, {name}:"]
@@ -246,10 +328,15 @@ def markdown(report_or_summary) -> str:
     md = ["# Evaluation summary", ""]
     if summary.get("warnings"):
         md += [f"> **{line}**" for line in warning_lines(summary)] + [""]
+    md += [f"{line[0].upper()}{line[1:]}" for line in protocol_lines(summary)] + ([""] if protocol_lines(summary) else [])
     md += [f"Signature: `{summary.get('signature')}`", ""]
     md += [f"- {line.strip()}" for line in count_lines(summary)]
     md += [""] + _md_table(header, [cells for _, cells in rows])
     md += [""] + [f"- {line}" for line in note_lines(summary)]
+    pub_header, pub_rows, pub_notes = published_rows(summary)
+    if pub_rows:
+        md += ["", "## As the published code reports them", ""] + _md_table(pub_header, pub_rows)
+        md += [""] + [f"- {line}" for line in pub_notes]
     for n, s in _if_mapping(summary.get("systems")).items():
         if s.get("clinical"):
             md += ["", f"## Per-observation labels: {n}", ""] + _md_table(*observation_rows(s))

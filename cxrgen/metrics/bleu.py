@@ -26,6 +26,14 @@ constants ``tiny = 1e-15`` and ``small = 1e-9``::
 applied to the corpus sums for the corpus score and to one sample's row for that sample's score
 (pycocoevalcap's per-image list). With one reference, its "closest" reference length is ``r``.
 
+``sacrebleu`` variant (the ``llava-rad`` protocol) reproduces sacrebleu 2.x's ``BLEU().corpus_score`` with its
+defaults (``smooth_method="exp"``, ``effective_order=False``), on the 0-1 scale instead of sacrebleu's 0-100::
+
+    BLEU-N = 0                                  if M_1 == 0 or any G_k == 0 (k <= N)
+    p_k    = M_k / G_k, or 1 / (2**z_k * G_k) where M_k == 0 (z_k: the zero-match orders up to k)
+    BP     = exp(1 - R / C) if C < R else 1
+    BLEU-N = BP * exp(sum_{k<=N} log(p_k) / N)
+
 Per-sample score in the default mode: smoothed sentence BLEU with the ``exp`` smoothing of
 Chen & Cherry (2014, method 3; sacrebleu's sentence-BLEU default) and effective order: only orders
 with ``g_k > 0`` take part (``N' = min(N, c)``); walking k = 1..N', a zero match count ``m_k = 0``
@@ -100,6 +108,8 @@ def corpus_bleu(sums: np.ndarray, order: int, variant: str = "corpus") -> np.nda
         with np.errstate(divide="ignore", over="ignore"):
             bp = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
         return score * bp
+    if variant == "sacrebleu":
+        return _sacrebleu(m, g, c, r)
     if variant != "corpus":
         raise ValueError(f"unknown BLEU variant {variant!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -108,6 +118,18 @@ def corpus_bleu(sums: np.ndarray, order: int, variant: str = "corpus") -> np.nda
         bp = np.where(c > r, 1.0, np.exp(1 - r / c))
     score = np.exp(mean_log) * np.where(c > 0, bp, 0.0)
     return np.nan_to_num(score, nan=0.0)
+
+
+def _sacrebleu(m: np.ndarray, g: np.ndarray, c: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """sacrebleu's corpus BLEU with ``exp`` smoothing (module docstring) from the match and n-gram counts of the
+    orders used, ``(..., N)``, and the lengths ``(...)``; 0-1 scale."""
+    z = np.cumsum(m == 0, axis=-1)
+    defined = (m[..., 0] > 0) & np.all(g > 0, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(m > 0, m / g, 1.0 / (2.0**z * g))
+        score = np.exp(np.log(np.where(defined[..., None], p, 1.0)).mean(axis=-1))
+        bp = np.where(c < r, np.exp(1 - r / np.where(c > 0, c, 1.0)), 1.0)
+    return np.where(defined, bp * score, 0.0)
 
 
 def sentence_bleu_exp(stats: np.ndarray, order: int) -> np.ndarray:

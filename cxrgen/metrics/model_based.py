@@ -26,6 +26,26 @@ Five scorers, each the one RadEval 2.2 runs under the same name, with RadEval's 
     GREEN with ``StanfordAIMI/GREEN-radllama2-7b`` (a 7B model; float16 on a CUDA GPU): ``green``,
     and ``green_parsed`` (1 where the model's answer could be parsed; an unparsable answer scores 0).
 
+Four more scorers (:data:`PROTOCOL_SCORERS`) hold the definitions of the published protocols
+(:mod:`cxrgen.metrics.protocols`) where they differ from the five above, on RadEval's code and models:
+
+``radgraph_partial``
+    LLaVA-Rad's F1-RadGraph: RadEval's ``F1RadGraph(reward_level="partial")`` with the original RadGraph
+    model (``radgraph.tar.gz`` of ``StanfordAIMI/RRG_scorers``, as radgraph 0.0.9 used): ``f1_radgraph``.
+``radgraph_combined``
+    ReXrank's RadGraph (CXR-Report-Metric's ``radgraph_combined``): RadEval's ``RadGraphRadCliQ``, per pair
+    (entity F1 + relation F1) / 2 with the original RadGraph model: ``radgraph``.
+``bertscore_distilroberta``
+    ReXrank's BERTScore: ``distilroberta-base``, layer 5, rescaled with the published baseline, **no idf**
+    (CXR-Report-Metric's ``USE_IDF = False``; RadEval's own RadCliQ turns idf on), runs of spaces collapsed
+    first as CXR-Report-Metric does: ``bertscore`` (F1).
+``sembscore``
+    SembScore: cosine of the CheXbert [CLS] embeddings of the two reports (RadEval's
+    ``semantic_embedding_scores``, the same CheXbert as ``chexbert``): ``sembscore``.
+
+``chexbert`` also returns each observation's class (``hyp_codes``/``ref_codes``: 1 positive, -1
+uncertain, 0 negative or blank), for definitions that count uncertain differently (LLaVA-Rad's).
+
 Every per-sample array has one value per (hypothesis, reference) pair, in the order given, and its
 mean is the corpus value. An empty (or whitespace-only) hypothesis is not scored: every value is 0
 and every label 0. An empty reference is an error naming its row.
@@ -49,6 +69,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -62,6 +83,9 @@ from cxrgen.metrics import clinical
 log = logging.getLogger("cxrgen")
 
 KNOWN: tuple[str, ...] = ("chexbert", "radgraph", "bertscore", "ratescore", "green")
+#: Scorers of the published protocols' own definitions (module docstring); fetched like the others.
+PROTOCOL_SCORERS: tuple[str, ...] = ("radgraph_partial", "radgraph_combined", "bertscore_distilroberta", "sembscore")
+SCORERS: tuple[str, ...] = KNOWN + PROTOCOL_SCORERS
 PIP_COMMAND = "pip install -r requirements-metrics.txt"
 RADEVAL_SERIES = "2.2"
 
@@ -73,6 +97,9 @@ RADGRAPH_FILE = "radgraph-xl.tar.gz"
 RADGRAPH_CACHE_VERSION = "0.1.18"  # the cache sub-folder RadEval's vendored RadGraph reads
 BERTSCORE_MODEL = "distilbert-base-uncased"
 BERTSCORE_LAYER = 5
+BERTSCORE_REXRANK_MODEL = "distilroberta-base"
+# The RadGraph model of each RadGraph scorer (RadEval's model_type; its archive is <model>.tar.gz).
+_RADGRAPH_MODELS = {"radgraph": RADGRAPH_MODEL, "radgraph_partial": "radgraph", "radgraph_combined": "radgraph"}
 RATE_NER_MODEL = "Angelakeke/RaTE-NER-Deberta"
 RATE_EVAL_MODEL = "FremyCompany/BioLORD-2023-C"
 GREEN_MODEL = "StanfordAIMI/GREEN-radllama2-7b"
@@ -86,6 +113,10 @@ _HF_REPOS: dict[str, tuple[tuple[str, str], ...]] = {
     "bertscore": ((BERTSCORE_MODEL, "model"),),
     "ratescore": ((RATE_NER_MODEL, "model"), (RATE_EVAL_MODEL, "model")),
     "green": ((GREEN_MODEL, "remote"),),
+    "radgraph_partial": (),
+    "radgraph_combined": (),
+    "bertscore_distilroberta": ((BERTSCORE_REXRANK_MODEL, "model"),),
+    "sembscore": ((CHEXBERT_BACKBONE, "config"),),
 }
 # Extra importable modules a scorer needs beyond radeval (module, what it is for).
 _EXTRA_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -94,6 +125,10 @@ _EXTRA_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
     "bertscore": (("pandas", "pandas"),),
     "ratescore": (("medspacy", "medspacy"),),
     "green": (("datasets", "datasets"), ("accelerate", "accelerate")),
+    "radgraph_partial": (("dotmap", "dotmap"), ("appdirs", "appdirs")),
+    "radgraph_combined": (("dotmap", "dotmap"), ("appdirs", "appdirs")),
+    "bertscore_distilroberta": (("pandas", "pandas"),),
+    "sembscore": (("sklearn", "scikit-learn"), ("appdirs", "appdirs")),
 }
 _SETTINGS = {
     "chexbert": "chexbert-rrg_scorers+bert-base-uncased:pos+unc=1,neg+blank=0",
@@ -101,6 +136,10 @@ _SETTINGS = {
     "bertscore": f"bertscore-{BERTSCORE_MODEL}-l{BERTSCORE_LAYER}+noidf+rescaled",
     "ratescore": "ratescore-rate-ner-deberta+biolord-2023-c:long",
     "green": "green-radllama2-7b:fp16",
+    "radgraph_partial": "radgraph-original:partial",
+    "radgraph_combined": "radgraph-original:(entity-f1+relation-f1)/2",
+    "bertscore_distilroberta": f"bertscore-{BERTSCORE_REXRANK_MODEL}-l{BERTSCORE_LAYER}+noidf+rescaled+spaces1",
+    "sembscore": "chexbert-rrg_scorers+bert-base-uncased:cls-cosine",
 }
 _CONFIG_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 _WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -127,6 +166,8 @@ class ModelScores:
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
     hyp_labels: np.ndarray | None = None  # (n, 14) 0/1 in clinical.COLUMNS order (chexbert only)
     ref_labels: np.ndarray | None = None
+    hyp_codes: np.ndarray | None = None  # (n, 14) 1 positive, -1 uncertain, 0 negative or blank (chexbert only)
+    ref_codes: np.ndarray | None = None
     signature: str = ""
     n_empty: int = 0  # empty hypotheses, scored 0 without running the model
 
@@ -140,21 +181,27 @@ class ModelScores:
 # ---------------------------------------------------------------- names and availability
 
 
-def parse_names(text: str) -> list[str]:
-    """Names from ``"chexbert,radgraph"`` or ``"all"``, in the order given, without repeats."""
+def parse_names(text: str, known: Sequence[str] = KNOWN) -> list[str]:
+    """Names from ``"chexbert,radgraph"`` or ``"all"`` (every one of ``known``), in the order given, without
+    repeats."""
     out: list[str] = []
     for part in str(text).split(","):
         n = part.strip().lower()
         if not n:
             continue
         if n == "all":
-            out += [k for k in KNOWN if k not in out]
-        elif n in KNOWN:
+            out += [k for k in known if k not in out]
+        elif n in known:
             if n not in out:
                 out.append(n)
         else:
-            raise ValueError(f"unknown model-based metric {part.strip()!r}; known: {', '.join(KNOWN)}, all")
+            raise ValueError(f"unknown model-based metric {part.strip()!r}; known: {', '.join(known)}, all")
     return out
+
+
+def _check_name(name: str) -> None:
+    if name not in SCORERS:
+        raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(SCORERS)}")
 
 
 def fetch_command(name: str) -> str:
@@ -213,8 +260,8 @@ def _repo_missing(repo: str, need: str, cache_dir: Path) -> str | None:
     return f"{repo} (weights)"
 
 
-def _radgraph_model_dir() -> Path:
-    return radgraph_cache_dir() / RADGRAPH_MODEL
+def _radgraph_model_dir(name: str = "radgraph") -> Path:
+    return radgraph_cache_dir() / _RADGRAPH_MODELS[name]
 
 
 def _radgraph_encoders(model_dir: Path) -> list[str]:
@@ -230,13 +277,13 @@ def _radgraph_encoders(model_dir: Path) -> list[str]:
 def _missing_weights(name: str) -> list[str]:
     missing: list[str] = []
     hf = hf_cache_dir()
-    if name == "chexbert" and _cached(RRG_SCORERS, CHEXBERT_FILE, chexbert_cache_dir()) is None:
+    if name in ("chexbert", "sembscore") and _cached(RRG_SCORERS, CHEXBERT_FILE, chexbert_cache_dir()) is None:
         missing.append(f"{RRG_SCORERS}/{CHEXBERT_FILE} in {chexbert_cache_dir()}")
     repos = list(_HF_REPOS[name])
-    if name == "radgraph":
-        model_dir = _radgraph_model_dir()
+    if name in _RADGRAPH_MODELS:
+        model_dir = _radgraph_model_dir(name)
         if not (model_dir / "config.json").is_file() or not (model_dir / "weights.th").is_file():
-            missing.append(f"{RRG_SCORERS}/{RADGRAPH_FILE} extracted in {model_dir}")
+            missing.append(f"{RRG_SCORERS}/{model_dir.name}.tar.gz extracted in {model_dir}")
         else:
             try:
                 repos += [(r, "config") for r in _radgraph_encoders(model_dir)]
@@ -291,8 +338,7 @@ def check_available(names: Iterable[str]) -> dict[str, str]:
     neither RadEval nor the models."""
     out: dict[str, str] = {}
     for name in names:
-        if name not in KNOWN:
-            raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(KNOWN)}")
+        _check_name(name)
         problem = _package_problem(name)
         if problem is None:
             missing = _missing_weights(name)
@@ -372,7 +418,8 @@ def _column(label_name: str) -> str:
 
 
 def _label_matrix(rows: Sequence[Sequence[int]], label_names: Sequence[str], what: str) -> np.ndarray:
-    """CheXbert rows in the labeler's order -> ``(n, 14)`` 0/1 in clinical.COLUMNS order."""
+    """CheXbert rows in the labeler's order -> ``(n, 14)`` in clinical.COLUMNS order, each 1 (positive), -1
+    (uncertain) or 0 (negative or blank)."""
     cols = [clinical.COLUMNS.index(_column(n)) for n in label_names]
     if sorted(cols) != list(range(len(clinical.COLUMNS))):
         raise ValueError(f"CheXbert labels {list(label_names)} do not cover the 14 observations once each")
@@ -381,8 +428,8 @@ def _label_matrix(rows: Sequence[Sequence[int]], label_names: Sequence[str], wha
         if len(row) != len(cols):
             raise ValueError(f"{what}: row {i} has {len(row)} CheXbert labels, expected {len(cols)}")
         for j, v in zip(cols, row):
-            if v not in (0, 1):
-                raise ValueError(f"{what}: row {i}, {clinical.COLUMNS[j]!r}: CheXbert label {v!r} is not 0 or 1")
+            if v not in (0, 1, -1):
+                raise ValueError(f"{what}: row {i}, {clinical.COLUMNS[j]!r}: CheXbert label {v!r} is not 1, 0 or -1")
             out[i, j] = int(v)
     return out
 
@@ -401,8 +448,7 @@ def score(
     ``device`` defaults to ``cuda`` when available, else ``cpu``; ``batch_size`` defaults to each
     scorer's RadEval default. Without ``allow_download`` the Hub is switched off for the call, so
     missing weights are an error instead of a download."""
-    if name not in KNOWN:
-        raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(KNOWN)}")
+    _check_name(name)
     hyps, refs = [str(h) for h in hyps], [str(r) for r in refs]
     if len(hyps) != len(refs):
         raise ValueError(f"model metric {name}: {len(hyps)} hypotheses for {len(refs)} references")
@@ -417,8 +463,9 @@ def score(
         device = _device(device)  # the signature records the precision, which follows the device
     result = ModelScores(name=name, signature=signature(name, device), n_empty=n - len(keep))
     if name == "chexbert":
-        result.hyp_labels = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
-        result.ref_labels = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
+        result.hyp_codes = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
+        result.ref_codes = np.zeros((n, len(clinical.COLUMNS)), dtype=np.int8)
+        result.hyp_labels, result.ref_labels = result.hyp_codes.copy(), result.ref_codes.copy()
     if n == 0:
         result.per_sample = {k: np.zeros(0) for k in _KEYS[name]}
         return result
@@ -432,8 +479,11 @@ def score(
             raise ValueError(f"model metric chexbert: {len(labels)} label rows for {len(texts)} reports")
         matrix = _label_matrix(labels, raw["label_names"], "chexbert")
         row = {t: k for k, t in enumerate(texts)}
-        result.hyp_labels[keep] = matrix[[row[hyps[i]] for i in keep]]
-        result.ref_labels = matrix[[row[r] for r in refs]]
+        result.hyp_codes[keep] = matrix[[row[hyps[i]] for i in keep]]
+        result.ref_codes = matrix[[row[r] for r in refs]]
+        # RadEval's "rrg" labels: positive or uncertain is 1
+        result.hyp_labels = (result.hyp_codes != 0).astype(np.int8)
+        result.ref_labels = (result.ref_codes != 0).astype(np.int8)
         return result
     if not keep:
         result.per_sample = {k: np.zeros(n) for k in _KEYS[name]}
@@ -474,6 +524,10 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "bertscore": ("bertscore_precision", "bertscore_recall", "bertscore_f1"),
     "ratescore": ("ratescore",),
     "green": ("green", "green_parsed"),
+    "radgraph_partial": ("f1_radgraph",),
+    "radgraph_combined": ("radgraph",),
+    "bertscore_distilroberta": ("bertscore",),
+    "sembscore": ("sembscore",),
 }
 
 
@@ -536,52 +590,112 @@ def _call_radeval(name: str, hyps: list[str], refs: list[str], *, device: str, b
     """Run one RadEval scorer; everything this module knows of RadEval's internals is here.
 
     Returns, in the order of the inputs: ``chexbert``: ``{"labels": rows, "label_names": names}``
-    for the texts in ``hyps`` (``refs`` unused; rows 0/1 in the labeler's order); the others: the
-    per-sample lists of :data:`_KEYS` for the pairs."""
+    for the texts in ``hyps`` (``refs`` unused; rows in the labeler's order, 1 positive, -1 uncertain, 0
+    negative or blank); the others: the per-sample lists of :data:`_KEYS` for the pairs."""
     _import_radeval()
-    if name == "chexbert":
-        from radeval.metrics.f1chexbert.f1chexbert import F1CheXbert
+    try:
+        call = _RADEVAL_CALLS[name]
+    except KeyError:
+        raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(SCORERS)}") from None
+    return call(hyps, refs, device, batch_size)
 
-        labeler = F1CheXbert(device=device, batch_size=batch_size or 64)
-        return {"labels": labeler.get_labels(hyps, mode="rrg"), "label_names": list(labeler.TARGET_NAMES)}
-    if name == "radgraph":
+
+def _cuda_index(device: str) -> int:
+    """RadEval's RadGraph ``cuda`` argument: the GPU index, -1 for the CPU."""
+    return int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else -1)
+
+
+def _chexbert_call(hyps, refs, device, batch_size) -> dict:
+    from radeval.metrics.f1chexbert.f1chexbert import F1CheXbert
+
+    labeler = F1CheXbert(device=device, batch_size=batch_size or 64)
+    return {"labels": labeler.get_labels(hyps, mode="classification"), "label_names": list(labeler.TARGET_NAMES)}
+
+
+def _f1radgraph_call(name: str, reward_level: str):
+    def call(hyps, refs, device, batch_size) -> dict:
         _install_radeval_alias()
         from radeval.metrics.radgraph import F1RadGraph
 
-        cuda = int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else -1)
-        scorer = F1RadGraph(reward_level="all", model_type=RADGRAPH_MODEL, cuda=cuda)
-        _, per_level, _, _ = scorer(refs=refs, hyps=hyps)
-        return dict(zip(_KEYS["radgraph"], (list(v) for v in per_level)))
-    if name == "bertscore":
+        scorer = F1RadGraph(reward_level=reward_level, model_type=_RADGRAPH_MODELS[name], cuda=_cuda_index(device))
+        _, rewards, _, _ = scorer(refs=refs, hyps=hyps)
+        per_level = rewards if reward_level == "all" else (rewards,)
+        return dict(zip(_KEYS[name], (list(v) for v in per_level)))
+
+    return call
+
+
+def _radgraph_combined_call(hyps, refs, device, batch_size) -> dict:
+    _install_radeval_alias()
+    from radeval.metrics.radgraph_radcliq.radgraph_radcliq import RadGraphRadCliQ
+
+    scorer = RadGraphRadCliQ(model_type=_RADGRAPH_MODELS["radgraph_combined"])  # on the GPU when there is one
+    _, scores = scorer(hyps=hyps, refs=refs)
+    return {"radgraph": list(scores)}
+
+
+def _bertscore_call(name: str, model: str, preprocess: Callable[[str], str] = lambda t: t):
+    def call(hyps, refs, device, batch_size) -> dict:
         from radeval.metrics.bertscore._vendor import BERTScorer
 
         bs = batch_size or 64
         scorer = BERTScorer(
-            model_type=BERTSCORE_MODEL, num_layers=BERTSCORE_LAYER, batch_size=bs, nthreads=4, all_layers=False,
+            model_type=model, num_layers=BERTSCORE_LAYER, batch_size=bs, nthreads=4, all_layers=False,
             idf=False, device=device, lang="en", rescale_with_baseline=True, baseline_path=None,
             use_fast_tokenizer=False,
         )
-        p, r, f = scorer.score(cands=hyps, refs=refs, verbose=False, batch_size=bs)
-        return dict(zip(_KEYS["bertscore"], (t.tolist() for t in (p, r, f))))
-    if name == "ratescore":
-        from radeval.metrics.RaTEScore.scorer import RaTEScore
+        p, r, f = scorer.score(cands=[preprocess(h) for h in hyps], refs=[preprocess(t) for t in refs],
+                               verbose=False, batch_size=bs)
+        values = (p, r, f) if len(_KEYS[name]) == 3 else (f,)
+        return dict(zip(_KEYS[name], (t.tolist() for t in values)))
 
-        scorer = RaTEScore(
-            bert_model=RATE_NER_MODEL, eval_model=RATE_EVAL_MODEL, batch_size=batch_size or 1,
-            use_gpu=device.startswith("cuda"), affinity_matrix="long",
-        )
-        scores, _, _ = scorer.compute_score(candidate_list=hyps, reference_list=refs)
-        return {"ratescore": list(scores)}
-    if name == "green":
-        from radeval.metrics.green_score.green import GREEN
+    return call
 
-        scorer = GREEN(GREEN_MODEL, output_dir=".", cpu=not device.startswith("cuda"), num_gpus=1)
-        if batch_size:
-            scorer.batch_size = batch_size
-        _, _, scores, _ = scorer(refs, hyps)
-        scores = list(scores)
-        return {"green": scores, "green_parsed": [v is not None for v in scores]}
-    raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(KNOWN)}")
+
+def _collapse_spaces(text: str) -> str:
+    """CXR-Report-Metric's only text preparation for BERTScore: runs of spaces become one (newlines stay)."""
+    return re.sub(r" +", " ", text)
+
+
+def _sembscore_call(hyps, refs, device, batch_size) -> dict:
+    from radeval.metrics.RadCliQv1.semb_score import semantic_embedding_scores
+
+    return {"sembscore": [float(v) for v in semantic_embedding_scores(refs, hyps, device=device)]}
+
+
+def _ratescore_call(hyps, refs, device, batch_size) -> dict:
+    from radeval.metrics.RaTEScore.scorer import RaTEScore
+
+    scorer = RaTEScore(
+        bert_model=RATE_NER_MODEL, eval_model=RATE_EVAL_MODEL, batch_size=batch_size or 1,
+        use_gpu=device.startswith("cuda"), affinity_matrix="long",
+    )
+    scores, _, _ = scorer.compute_score(candidate_list=hyps, reference_list=refs)
+    return {"ratescore": list(scores)}
+
+
+def _green_call(hyps, refs, device, batch_size) -> dict:
+    from radeval.metrics.green_score.green import GREEN
+
+    scorer = GREEN(GREEN_MODEL, output_dir=".", cpu=not device.startswith("cuda"), num_gpus=1)
+    if batch_size:
+        scorer.batch_size = batch_size
+    _, _, scores, _ = scorer(refs, hyps)
+    scores = list(scores)
+    return {"green": scores, "green_parsed": [v is not None for v in scores]}
+
+
+_RADEVAL_CALLS: dict[str, Callable[[list[str], list[str], str, int | None], dict]] = {
+    "chexbert": _chexbert_call,
+    "radgraph": _f1radgraph_call("radgraph", "all"),
+    "bertscore": _bertscore_call("bertscore", BERTSCORE_MODEL),
+    "ratescore": _ratescore_call,
+    "green": _green_call,
+    "radgraph_partial": _f1radgraph_call("radgraph_partial", "partial"),
+    "radgraph_combined": _radgraph_combined_call,
+    "bertscore_distilroberta": _bertscore_call("bertscore_distilroberta", BERTSCORE_REXRANK_MODEL, _collapse_spaces),
+    "sembscore": _sembscore_call,
+}
 
 
 # ---------------------------------------------------------------- fetching
@@ -644,8 +758,7 @@ def fetch(names: Iterable[str]) -> list[str]:
     Raises :class:`FetchError` (one line) when the Hub is switched off or cannot be reached."""
     names = list(names)
     for name in names:
-        if name not in KNOWN:
-            raise ValueError(f"unknown model-based metric {name!r}; known: {', '.join(KNOWN)}")
+        _check_name(name)
     if hub_offline():
         raise FetchError(
             "cannot fetch model-metric weights: the Hugging Face Hub is switched off (HF_HUB_OFFLINE/"
@@ -656,14 +769,15 @@ def fetch(names: Iterable[str]) -> list[str]:
     hf = hf_cache_dir()
     fetched: list[str] = []
     for name in names:
-        if name == "chexbert":
+        if name in ("chexbert", "sembscore"):
             cache = chexbert_cache_dir()
             fetched.append(_hub_call(f"{RRG_SCORERS}/{CHEXBERT_FILE}", hf_hub_download, RRG_SCORERS, CHEXBERT_FILE,
                                      cache_dir=str(cache)))
         repos = list(_HF_REPOS[name])
-        if name == "radgraph":
-            model_dir = _radgraph_model_dir()
-            archive = _hub_call(f"{RRG_SCORERS}/{RADGRAPH_FILE}", hf_hub_download, RRG_SCORERS, RADGRAPH_FILE,
+        if name in _RADGRAPH_MODELS:
+            model_dir = _radgraph_model_dir(name)
+            archive_name = f"{model_dir.name}.tar.gz"
+            archive = _hub_call(f"{RRG_SCORERS}/{archive_name}", hf_hub_download, RRG_SCORERS, archive_name,
                                 cache_dir=str(radgraph_cache_dir()))
             fetched.append(archive)
             if not (model_dir / "config.json").is_file():

@@ -17,6 +17,9 @@ significance tests, the summaries and the signature treat them like every other 
 
 A returned array whose length is not the number of samples, or a scorer that fails, is a
 :class:`ModelMetricFailure` naming the metric (one line).
+
+A scorer runs once per context (:func:`scored`): metrics built on the same scorer's values (ReXrank's
+RadCliQ-v1 on its BERTScore, SembScore and RadGraph; LLaVA-Rad's label F1 on CheXbert's labels) reuse them.
 """
 
 from __future__ import annotations
@@ -40,31 +43,54 @@ def _model_based():
     return model_based
 
 
+def scored(ctx: Context, scorer: str):
+    """``model_based.score(scorer, ...)`` on the context's pairs, run once per context; a failure is a
+    :class:`ModelMetricFailure` (one line naming the scorer)."""
+
+    def run():
+        try:
+            return _model_based().score(scorer, list(ctx.hyps), list(ctx.refs))
+        except (ValueError, RuntimeError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelMetricFailure(f"model metric {scorer} failed: {first}") from None
+
+    return ctx.shared(f"model:{scorer}", run)
+
+
+def unavailable_scorers(scorers: tuple[str, ...]) -> str | None:
+    """Why some of ``scorers`` cannot run here (``model_based.check_available``), or None."""
+    reasons = _model_based().check_available(list(scorers))
+    return "; ".join(f"{n}: {why}" if len(scorers) > 1 else why for n, why in reasons.items()) or None
+
+
 class ModelBased(Metric):
-    """One model-based metric by its name in ``model_based.KNOWN``."""
+    """One model-based metric: the values of one scorer of ``model_based.SCORERS`` (``scorer``), reported as
+    metric ``name`` (default: the scorer's name) with display ``labels`` per key. ``optional``: a protocol
+    reports it as unavailable where it cannot run instead of stopping (``scorers`` lists what it needs)."""
 
     group = "model"
     modes = (None, "pycocoevalcap", "radeval")
 
-    def __init__(self, name: str):
-        self.name = name
-        self.keys = ()
+    def __init__(self, scorer: str, name: str | None = None, labels: dict[str, str] | None = None,
+                 optional: bool = False):
+        self.scorer = scorer
+        self.name = name or scorer
+        self.scorers = (scorer,)
+        self.labels = dict(labels or {})
+        self.optional = optional
+        self.keys = tuple(self.labels)  # the keys it is expected to report; the scorer's own, once computed
         self._layout: tuple[tuple[str, ...], bool] | None = None  # (value keys, has labels)
         self._component: str | None = None
 
     @property
     def columns(self) -> tuple[Column, ...]:  # type: ignore[override]
-        return tuple(Column(k, k) for k in (self._layout[0] if self._layout else ()))
+        return tuple(Column(k, self.label(k)) for k in (self._layout[0] if self._layout else ()))
 
     def unavailable(self, ctx: Context) -> str | None:
-        return _model_based().check_available([self.name]).get(self.name)
+        return unavailable_scorers(self.scorers)
 
     def compute(self, ctx: Context) -> Computed:
-        try:
-            result = _model_based().score(self.name, list(ctx.hyps), list(ctx.refs))
-        except (ValueError, RuntimeError, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelMetricFailure(f"model metric {self.name} failed: {first}") from None
+        result = scored(ctx, self.scorer)
         n = ctx.n
         empty = np.array([not h.strip() for h in ctx.hyps], dtype=bool)
         per_sample: dict[str, np.ndarray] = {}

@@ -9,6 +9,10 @@ Adding a metric: write a module with a :class:`~cxrgen.metrics.base.Metric` subc
 line to :data:`_METRICS` below (or call :func:`register` at run time). Its keys then appear in
 ``summary.json``, ``summary.md``, ``summary.csv``, the terminal table, the comparisons, the
 signature and the results page.
+
+The metrics of the published protocols (:mod:`cxrgen.metrics.protocols`) are listed there, not here; the
+look-ups below (:func:`columns`, :func:`label`, :func:`higher_is_better`, :func:`group`) know them too, after the
+registered ones, so their per-sample columns are labelled and sorted the right way on the results page.
 """
 
 from __future__ import annotations
@@ -63,18 +67,26 @@ def unregister(name: str) -> None:
     _METRICS[:] = [m for m in _METRICS if m.name != name]
 
 
+def _known() -> list[Metric]:
+    """The registered metrics, then those of the published protocols."""
+    from cxrgen.metrics import protocols
+
+    return _METRICS + protocols.catalogue()
+
+
 def columns() -> list[Column]:
-    """The per-sample columns of every registered metric, in registry order, each key once."""
+    """The per-sample columns of every registered metric (then of the protocols' metrics), in registry order,
+    each key once."""
     seen: dict[str, Column] = {}
-    for m in _METRICS:
+    for m in _known():
         for c in m.columns:
             seen.setdefault(c.key, c)
     return list(seen.values())
 
 
 def metric_of(key: str) -> Metric | None:
-    """The registered metric that reports the corpus key ``key``, or None."""
-    for m in _METRICS:
+    """The registered metric (else protocol metric) that reports the corpus key ``key``, or None."""
+    for m in _known():
         if key in m.keys:
             return m
     return None

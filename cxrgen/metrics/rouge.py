@@ -108,32 +108,41 @@ _RS_TYPES = (("rouge1", "rouge_1", "ROUGE-1"), ("rouge2", "rouge_2", "ROUGE-2"),
 
 
 class RougeScore(Metric):
-    """RadEval's ROUGE-1/2/L: rouge-score F-measures with the Porter stemmer (module docstring)."""
+    """rouge-score F-measures averaged over samples: RadEval's ROUGE-1/2/L with the Porter stemmer (module
+    docstring) by default; ``types`` (rouge-score names) and ``stemmer`` give other settings of the same package
+    (the ``llava-rad`` protocol: ``rougeL`` without the stemmer), ``modes`` the compatibility modes it is part of."""
 
     name = "rouge"
-    keys = tuple(k for _, k, _ in _RS_TYPES)
-    labels = {k: label for _, k, label in _RS_TYPES}
-    columns = tuple(Column(k, label) for _, k, label in _RS_TYPES)
-    modes = ("radeval",)
+
+    def __init__(self, types: tuple[str, ...] = ("rouge1", "rouge2", "rougeL"), stemmer: bool = True,
+                 modes: tuple[str | None, ...] = ("radeval",)):
+        known = {t: (k, label) for t, k, label in _RS_TYPES}
+        unknown = [t for t in types if t not in known]
+        if unknown:
+            raise ValueError(f"unknown rouge-score types {unknown}; known: {', '.join(known)}")
+        self.types, self.stemmer, self.modes = tuple(types), stemmer, tuple(modes)
+        self.keys = tuple(known[t][0] for t in self.types)
+        self.labels = {known[t][0]: known[t][1] for t in self.types}
+        self.columns = tuple(Column(k, label) for k, label in self.labels.items())
 
     def compute(self, ctx: Context) -> Computed:
         from rouge_score import rouge_scorer
 
-        scorer = rouge_scorer.RougeScorer([t for t, _, _ in _RS_TYPES], use_stemmer=True)
-        values = np.zeros((ctx.n, len(_RS_TYPES)))
+        scorer = rouge_scorer.RougeScorer(list(self.types), use_stemmer=self.stemmer)
+        values = np.zeros((ctx.n, len(self.types)))
         for i, (h, r) in enumerate(zip(ctx.hyps, ctx.refs)):
             if not h.strip():
                 continue  # rouge-score gives 0 for an empty side too; skip the work
             s = scorer.score(r, h)
-            values[i] = [s[t].fmeasure for t, _, _ in _RS_TYPES]
+            values[i] = [s[t].fmeasure for t in self.types]
         stats = np.column_stack([values, np.ones(ctx.n)])
-        return Computed(stats=stats, per_sample={k: values[:, j] for j, (_, k, _) in enumerate(_RS_TYPES)})
+        return Computed(stats=stats, per_sample={k: values[:, j] for j, k in enumerate(self.keys)})
 
     def aggregate(self, sums: np.ndarray) -> dict[str, np.ndarray]:
         sums = np.asarray(sums, dtype=np.float64)
-        count = sums[..., len(_RS_TYPES)]
+        count = sums[..., len(self.types)]
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {k: sums[..., j] / count for j, (_, k, _) in enumerate(_RS_TYPES)}
+            return {k: sums[..., j] / count for j, k in enumerate(self.keys)}
 
     def signature(self, ctx: Context, available: bool) -> str:
         import importlib.metadata
@@ -142,4 +151,6 @@ class RougeScore(Metric):
             version = importlib.metadata.version("rouge-score")
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
-        return f"rouge:rouge-score-{version}+r1,r2,rL+porter+f"
+        short = {"rouge1": "r1", "rouge2": "r2", "rougeL": "rL"}
+        return (f"rouge:rouge-score-{version}+{','.join(short[t] for t in self.types)}"
+                f"+{'porter' if self.stemmer else 'nostem'}+f")

@@ -23,6 +23,12 @@ ar         approximate-randomization trials, when the p-values come from that te
            one component per model-based metric (``<name>:<package and scorer>``)
 version    cxrgen version
 =========  ==================================================================================
+
+Under a published protocol (``--protocol``, :mod:`cxrgen.metrics.protocols`) the mode's fields are replaced by
+``proto:<name>|nrefs:1|ref:<reference>`` (each metric names its own tokenizer in its component), and
+``pub:<schemes>`` follows the interval settings when the protocol has published-style values, e.g.
+``proto:llava-rad|nrefs:1|ref:findings|bleu:sacrebleu-corpus+tok:13a+...|rouge:rouge-score-0.1.2+rL+nostem+f|
+ci:pct95|boot:500|seed:0|pub:median-b500-rs3+sacrebleu-ci-b500-s12345+rouge-mid-b500-rs3|labels_rules:rb1-...``.
 """
 
 from __future__ import annotations
@@ -40,17 +46,23 @@ def make_signature(
     n_boot: int,
     seed: int,
     ar_trials: int | None = None,
+    protocol=None,
 ) -> str:
     """The signature from the ``(group, component)`` pairs of the metrics, in registry order:
-    the mode's fields, the text metrics' components, the interval settings, then the other
-    components (fields in the module docstring)."""
-    if compat not in MODE_FIELDS:
+    the mode's fields (a :class:`~cxrgen.metrics.protocols.Protocol`'s own under ``protocol``), the text
+    metrics' components, the interval settings, then the other components (fields in the module docstring)."""
+    if protocol is not None:
+        fields = protocol.signature_fields()
+    elif compat not in MODE_FIELDS:
         raise ValueError(f"unknown compatibility mode {compat!r}")
-    fields = list(MODE_FIELDS[compat])
+    else:
+        fields = list(MODE_FIELDS[compat])
     fields += [c for g, c in components if g == "text" and c]
     fields += ["ci:pct95", f"boot:{n_boot}", f"seed:{seed}"]
     if ar_trials is not None:
         fields.append(f"ar:{ar_trials}")
+    if protocol is not None and protocol.published_field():
+        fields.append(protocol.published_field())
     fields += [c for g, c in components if g != "text" and c]
     fields.append(f"version:{cxrgen.__version__}")
     return "|".join(fields)

@@ -34,6 +34,11 @@ the raw text split on whitespace (``str.split``), case and punctuation kept (``l
 are different tokens), which is what RadEval passes to its copy of pycocoevalcap's BLEU scorer.
 RadEval's ROUGE uses rouge-score's own tokenizer (see :mod:`cxrgen.metrics.rouge`).
 
+``13a`` (:func:`tokenize_13a`), used by the ``llava-rad`` protocol's BLEU: the tokenizer of mteval-v13a.pl as
+sacrebleu 2.x applies it by default (trailing whitespace stripped; ``<skipped>`` removed, ``-`` at a line end joined,
+line breaks as spaces, the HTML entities ``&quot; &amp; &lt; &gt;`` decoded; every ASCII punctuation character but
+``' , - .`` split off; ``.`` and ``,`` split off unless between digits; ``-`` split off after a digit). Case is kept.
+
 Each mode's tokenizer fields of the signature are in :data:`MODE_FIELDS`.
 """
 
@@ -87,6 +92,31 @@ def tokenize_pycoco(text: str) -> list[str]:
 def tokenize_whitespace(text: str) -> list[str]:
     """Tokens of ``text`` in RadEval mode: the raw text split on whitespace."""
     return text.split() if text else []
+
+
+# mteval-v13a: the punctuation split off everywhere (all ASCII punctuation except ' , - .), then the rules for
+# periods and commas (kept inside numbers) and for a dash after a digit.
+_13A_ENTITIES = (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">"))
+_13A_RULES = (
+    (re.compile(r"([!\"#$%&()*+/:;<=>?@\[\\\]^_`{|}~ ])"), r" \1 "),
+    (re.compile(r"([^0-9])([.,])"), r"\1 \2 "),
+    (re.compile(r"([.,])([^0-9])"), r" \1 \2"),
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),
+)
+
+
+def tokenize_13a(text: str) -> list[str]:
+    """Tokens of ``text`` under mteval-v13a's rules as sacrebleu applies them (module docstring); case kept."""
+    if not text:
+        return []
+    line = text.rstrip().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    if "&" in line:
+        for entity, char in _13A_ENTITIES:
+            line = line.replace(entity, char)
+    line = f" {line} "
+    for pattern, repl in _13A_RULES:
+        line = pattern.sub(repl, line)
+    return line.split()
 
 
 def tokenizer_for(compat: str | None):

@@ -102,6 +102,18 @@ def top_p_filter(probs, top_p: float):
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(before >= top_p, 0.0))
 
 
+#: config.json key the project's tiny builders set: the checkpoint's weights are random (its reports are noise)
+RANDOM_WEIGHTS_KEY = "cxrgen_random_weights"
+
+
+def random_weights(folder) -> bool:
+    """Whether a checkpoint folder is one of the project's tiny random checkpoints (its config.json says so)."""
+    try:
+        return bool(json.loads((Path(folder) / "config.json").read_text()).get(RANDOM_WEIGHTS_KEY))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def checkpoint_digest(folder) -> str | None:
     """sha256 over a checkpoint folder's config.json and weight index, and the names and sizes of its weight files:
     identifies a local checkpoint whose Hub revision is unknown, without hashing gigabytes of weights."""

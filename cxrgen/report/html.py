@@ -456,11 +456,31 @@ def _provenance_html(run: Mapping) -> str:
     return '<p class="provenance">' + "; ".join(items) + "</p>"
 
 
+def _origins_html(sys_sum: Mapping, order: list[str]) -> str:
+    """Per system: what its run was made with (model, decoding, data, commit; the rendered prompt one click away)
+    and the lengths of its reports."""
+    e = html.escape
+    items = []
+    for n in order:
+        s = sys_sum.get(n) or {}
+        origin, lengths = s.get("origin"), tables.length_line(s.get("lengths"))
+        lines = [x for x in (tables.origin_line(origin), lengths) if x]
+        if not lines:
+            continue
+        prompt = (origin or {}).get("prompt")
+        shown = f'<details class="prompt"><summary>prompt</summary><pre>{e(prompt)}</pre></details>' if prompt else ""
+        items.append(f'<li data-system="{e(n)}"><b>{e(n)}</b>: ' + "<br>".join(e(x) for x in lines) + shown + "</li>")
+    return '<ul class="origins" id="origins">' + "".join(items) + "</ul>" if items else ""
+
+
 def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict) -> tuple[str, str]:
     """(signature and counts, metric tables with notes and worst-case links) as HTML."""
     e = html.escape
     sys_sum = summary.get("systems") or {}
     parts = []
+    if ((summary.get("run") or {}).get("model") or {}).get("random_weights"):
+        parts.append('<p class="warning banner" id="random-weights">These reports come from a tiny checkpoint with '
+                     "random weights: they are noise. The page shows the mechanics, not a model.</p>")
     for line in tables.warning_lines(summary):
         parts.append(f'<p class="warning">{e(line)}</p>')
     if summary.get("signature"):
@@ -486,6 +506,7 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
         parts.append(f'<tr data-system="{e(n)}"><th>{e(label)}</th>'
                      + "".join(f"<td>{'—' if v is None else int(v)}</td>" for v in cells) + "</tr>")
     parts.append("</tbody></table>")
+    parts.append(_origins_html(sys_sum, order))
 
     top = "\n".join(parts)
     parts = []
@@ -520,7 +541,14 @@ def _summary_html(summary: Mapping, order: list[str], baseline: str, data: dict)
         if rest:
             parts.append('<details class="more-metrics"><summary>Clinical precision and recall</summary>'
                          + table("metrics-more", rest) + "</details>")
-    notes = tables.note_lines(summary)
+    pub_header, pub_rows, pub_notes = tables.published_rows(summary)
+    if pub_rows:  # a published protocol's values as its own code reports them
+        parts.append('<details class="more-metrics" id="published"><summary>As the published code reports them'
+                     '</summary><table class="metrics"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in pub_header)
+                     + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+                                                        for r in pub_rows)
+                     + "</tbody></table>" + "".join(f"<p>{e(x)}</p>" for x in pub_notes) + "</details>")
+    notes = tables.protocol_lines(summary) + tables.note_lines(summary)
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{e(str(x))}</li>" for x in notes) + "</ul>")
 

@@ -76,11 +76,14 @@ class Svg:
     def line(self, x1: float, y1: float, x2: float, y2: float, color: str = "#444", width: float = 1, **attrs) -> None:
         self.add("line", x1=_f(x1), y1=_f(y1), x2=_f(x2), y2=_f(y2), stroke=color, stroke_width=width, **attrs)
 
+    def document(self) -> str:
+        """The SVG file's text."""
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(self.width)}" height="{_f(self.height)}" '
+                f'viewBox="0 0 {_f(self.width)} {_f(self.height)}"><rect width="100%" height="100%" fill="white"/>'
+                + "".join(self.parts) + "</svg>")
+
     def data_uri(self) -> str:
-        doc = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(self.width)}" height="{_f(self.height)}" '
-               f'viewBox="0 0 {_f(self.width)} {_f(self.height)}"><rect width="100%" height="100%" fill="white"/>'
-               + "".join(self.parts) + "</svg>")
-        return "data:image/svg+xml;base64," + base64.b64encode(doc.encode("utf-8")).decode("ascii")
+        return "data:image/svg+xml;base64," + base64.b64encode(self.document().encode("utf-8")).decode("ascii")
 
 
 def ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -240,7 +243,7 @@ def differences(summary: Mapping, order: Sequence[str]) -> Plot | None:
     from cxrgen.evaluation import tables
 
     own = {k for k, block in tables.metric_keys(summary, order) if block is None and _scale(k) <= 1}
-    comps = [c for c in summary.get("comparisons") or [] if c.get("system") in order]
+    comps = [c for c in summary.get("comparisons") or [] if c.get("system") in order and c.get("diff") is not None]
     keep = [c for c in comps if c.get("metric") in own or str(c.get("metric")).endswith("_f1")]
     if not keep:
         return None
@@ -269,15 +272,20 @@ def differences(summary: Mapping, order: Sequence[str]) -> Plot | None:
                 svg.line(ax.x(float(ci[0])), y, ax.x(float(ci[1])), y, color, 1.2)
             excludes_zero = bool(ci) and (ci[0] > 0 or ci[1] < 0)
             interval = f" [{float(ci[0]):+.4f}, {float(ci[1]):+.4f}]" if ci else ""
-            svg.add("circle", title=f"{n} − {c.get('baseline')}, {c['metric']}: {float(c['diff']):+.4f}{interval}",
+            unreliable = f" ({c['discordant']} discordant studies: unreliable)" if c.get("reliable") is False else ""
+            svg.add("circle", title=f"{n} − {c.get('baseline')}, {c['metric']}: {float(c['diff']):+.4f}{interval}"
+                    f"{unreliable}",
                     cx=_f(ax.x(float(c["diff"]))), cy=_f(y), r=3.5, stroke=color, stroke_width=1.4,
                     fill=color if excludes_zero else "white")
     _legend(svg, [(f"{n} − {keep[0].get('baseline')}", _color(order, n)) for n in others], ax.left,
             ax.top + ax.height + 46)
+    tests = {"ar": "paired approximate randomization", "bootstrap": "the paired bootstrap"}
+    test = tests.get(keep[0].get("test"), keep[0].get("test") or "no test")
     return Plot(
         "differences",
         "Difference of each system to the baseline with its paired bootstrap 95% interval (filled: the interval "
-        "excludes 0; CIDEr-D, on a 0–10 scale, is in the table).",
+        f"excludes 0; CIDEr-D, on a 0–10 scale, is in the table). The table's p-values come from {test}; a "
+        "difference marked † there rests on too few discordant studies to be relied on.",
         svg.data_uri(),
     )
 

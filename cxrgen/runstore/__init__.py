@@ -12,8 +12,9 @@ A run writes into ``<output.dir>/<output.run_name>/``::
     reports.csv, metrics.json, report.html, run.json   the finished outputs, each written atomically
 
 Modules: ``rows`` (the result row and the CSV dialect), ``files`` (atomic writes, JSON), ``parts`` (part files and
-commit markers), ``lock`` (the lock files), ``store`` (:class:`RunStore`, the run folder as one object). Nothing
-outside this package opens a part, a marker, a record or a lock.
+commit markers), ``lock`` (the lock files), ``store`` (:class:`RunStore`, the run folder as one object),
+``training`` (:class:`TrainingStore`, a fine-tuning run's folder: settings, checkpoints, adapters). Nothing outside
+this package opens a part, a marker, a record or a lock.
 """
 
 from .files import RunError, atomic_write, read_json, write_json
@@ -23,11 +24,12 @@ from .rows import (COL, COLUMNS, LABELLED, LEAKAGE_RULES, TEXT_COLUMNS, ResultRo
                    leakage_counts, read_reports_csv, reports_csv, rows_to_csv)
 from .store import (OUTPUTS, RUN_DEFINING, Merged, RunPlan, RunStore, SettingsChangedError, ShardWriter, defining,
                     read_part)
+from .training import TRAINING_DEFINING, TrainingStore
 
 __all__ = [
     "COL", "COLUMNS", "FileLock", "LABELLED", "LEAKAGE_RULES", "LockHeldError", "LockLostError", "Merged", "OUTPUTS",
     "PartFile", "PartReadBackError", "RUN_DEFINING", "ResultRow", "RunError", "RunPlan", "RunStore",
-    "SettingsChangedError", "ShardWriter", "TEXT_COLUMNS", "atomic_write", "clean_text", "defining", "empty_frame",
-    "is_part", "leakage_counts", "read_json", "read_part", "read_reports_csv", "reports_csv", "rows_to_csv",
-    "write_json",
+    "SettingsChangedError", "ShardWriter", "TEXT_COLUMNS", "TRAINING_DEFINING", "TrainingStore", "atomic_write",
+    "clean_text", "defining", "empty_frame", "is_part", "leakage_counts", "read_json", "read_part",
+    "read_reports_csv", "reports_csv", "rows_to_csv", "write_json",
 ]

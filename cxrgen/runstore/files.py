@@ -61,6 +61,23 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """Make every file under ``folder``, and the folders themselves, durable (files written by other code, e.g. a
+    checkpoint, before a commit marker names them)."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            fsync_folder(path)
+    fsync_folder(folder)
+    fsync_folder(folder.parent)
+
+
 def remove_temporaries(path: Path) -> None:
     """Delete temporary files that a killed writer of ``path`` left behind (the caller holds the lock that makes
     it the only writer of ``path``)."""

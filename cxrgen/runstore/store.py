@@ -55,11 +55,12 @@ class SettingsChangedError(RunError):
     """A run folder with committed rows of other settings: resuming would mix reports."""
 
 
-def defining(cfg: Config, identity: dict | None = None) -> dict[str, Any]:
-    """The run-defining settings as dotted keys, with the model's identity laid over them."""
+def defining(cfg: Config, identity: dict | None = None, keys: list[str] = RUN_DEFINING) -> dict[str, Any]:
+    """The run-defining settings (``keys``; a fine-tuning run has its own) as dotted keys, with the model's
+    identity laid over them."""
     d = cfg.to_dict()
     out: dict[str, Any] = {}
-    for key in RUN_DEFINING:
+    for key in keys:
         section, _, name = key.partition(".")
         names = [name] if name else list(d[section])
         for n in names:

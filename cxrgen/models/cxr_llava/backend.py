@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..base import Finished, Item, ModelError, checkpoint_digest, static_batches
+from ..base import Finished, Item, ModelError, checkpoint_digest, random_weights, static_batches
 from . import checkpoint as ckpt
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, render_prompt
@@ -62,7 +62,8 @@ class CxrLlavaBackend:
         return {"backend": self.name, "source": self.model.source, "revision": self.model.revision,
                 "digest": checkpoint_digest(Path(self.model.source)) if self.model.source else None,
                 "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self.model.device),
-                "adapter": self.adapter, "quantization": self.quantization, "trust_remote_code": False}
+                "adapter": self.adapter, "quantization": self.quantization, "trust_remote_code": False,
+                "random_weights": bool(self.model.source) and random_weights(Path(self.model.source))}
 
     def image_preparer(self) -> PreparePixels:
         cfg = self.model.config

@@ -112,6 +112,15 @@ def target_name(checkpoint_name: str) -> str | None:
     return checkpoint_name
 
 
+def source_name(name: str) -> str:
+    """The checkpoint's name for a parameter or module name of CxrLlava (the inverse of :func:`target_name`)."""
+    if name.startswith("language_model.model."):
+        return "llama." + name[len("language_model.model."):]
+    if name.startswith("language_model.lm_head"):
+        return name[len("language_model."):]
+    return name
+
+
 def load_weights(model: torch.nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
     """Strictly load checkpoint tensors into ``model`` (built on the meta device), straight to device and dtype."""
     params = dict(model.named_parameters())

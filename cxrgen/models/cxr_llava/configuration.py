@@ -47,7 +47,7 @@ class VisionConfig:
         return self.grid * self.grid
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: transformers' Trainer sets use_cache on the config of the model it trains
 class CxrLlavaConfig:
     vision: VisionConfig
     projector_dim: int

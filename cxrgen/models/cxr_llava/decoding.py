@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,74 @@ def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+#: An image position in a sequence of token ids (the published LLaVA code's ``IMAGE_TOKEN_INDEX``).
+IMAGE_INDEX = -200
+
+
+def sequence_ids(prompt: PromptIds, n_image: int, after: Sequence[int] = ()) -> list[int]:
+    """The ids of a prompt with its image positions (``IMAGE_INDEX``), followed by ``after`` (a training target)."""
+    return [*prompt.before, *[IMAGE_INDEX] * n_image, *prompt.after, *after]
+
+
+def pad_right(rows: Sequence[Sequence[int]], device, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids as one right-padded tensor [b, width] and the mask of their real positions."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(r, dtype=torch.long)
+    valid = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
+    return ids.to(device), valid.to(device)
+
+
+def embed_sequences(model, image: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings [b, width, hidden] of ids [b, width]: the token embeddings, with the image embeddings
+    [b, n_image, hidden] at each row's ``IMAGE_INDEX`` positions (in order)."""
+    is_image = ids == IMAGE_INDEX
+    x = model.language_model.get_input_embeddings()(ids.masked_fill(is_image, 0))
+    return x.masked_scatter(is_image[..., None], image.to(x.dtype))
+
+
+def causal_layers(model, x: torch.Tensor, valid: torch.Tensor, *, keep: Callable | None = None,
+                  checkpoint: bool = False) -> torch.Tensor:
+    """The Llama decoder layers over right-padded sequences (the prefill, and training's forward pass): x [b, width,
+    hidden], each row attending causally to its own real positions (``valid`` [b, width]); returns the hidden
+    states before the final norm. ``keep(layer, keys, values)`` gets each layer's rotated keys and values (the
+    prefill writes them into its cache). ``checkpoint``: recompute each layer in the backward pass instead of
+    keeping its activations (gradient checkpointing)."""
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    lm = model.language_model
+    cfg = lm.config
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    b, width, _ = x.shape
+    dtype = attention_dtype(model.dtype, x.device)
+    mask = (torch.ones(width, width, dtype=torch.bool, device=x.device).tril() & valid[:, None, :])[:, None]
+    cos, sin = (t[:width][None, None] for t in model._rope_tables(width))
+
+    def layer_pass(layer, x):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(b, width, nh, hd).transpose(1, 2)
+        k = attn.k_proj(h).view(b, width, nkv, hd).transpose(1, 2)
+        v = attn.v_proj(h).view(b, width, nkv, hd).transpose(1, 2)
+        q = (q * cos + rotate_half(q) * sin).to(dtype)
+        k = (k * cos + rotate_half(k) * sin).to(dtype)
+        v = v.to(dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
+        x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, width, nh * hd))
+        return x + layer.mlp(layer.post_attention_layernorm(x)), k, v
+
+    for i, layer in enumerate(lm.model.layers):
+        if checkpoint:
+            x = recompute(lambda x, layer=layer: layer_pass(layer, x)[0], x, use_reentrant=False)
+            continue
+        x, k, v = layer_pass(layer, x)
+        if keep is not None:
+            keep(i, k, v)
+    return x
 
 
 class DecodeStep(nn.Module):
@@ -241,38 +309,17 @@ class SlotDecoder:
         if dev.type == "cuda" and pixels.device.type == "cpu":
             pixels = pixels.pin_memory().to(dev, non_blocking=True)
         image = model.encode_images(pixels)
-        embed = lm.get_input_embeddings()
-        n_img = image.shape[1]
-        lengths = [len(r.prompt.before) + n_img + len(r.prompt.after) for r in requests]
-        b, width = len(requests), max(lengths)
+        ids, valid = pad_right([sequence_ids(r.prompt, image.shape[1]) for r in requests], dev)
+        lengths = valid.sum(1).tolist()
+        b, width = ids.shape
         # right padding: row j's tokens at [0, L_j), which is where they go in its cache row
-        x = torch.zeros(b, width, image.shape[-1], dtype=self.dtype, device=dev)
-        for j, r in enumerate(requests):
-            text = embed(torch.tensor(r.prompt.before + r.prompt.after, dtype=torch.long, device=dev))
-            nb = len(r.prompt.before)
-            x[j, :nb] = text[:nb]
-            x[j, nb:nb + n_img] = image[j]
-            x[j, nb + n_img:lengths[j]] = text[nb:]
-        step = self.step_module
-        nh, nkv, hd = step.n_heads, step.n_kv, step.head_dim
-        valid = torch.arange(width, device=dev)[None] < torch.tensor(lengths, device=dev)[:, None]  # [b, width]
-        mask = (torch.ones(width, width, dtype=torch.bool, device=dev).tril() & valid[:, None, :])[:, None]
-        cos, sin = step.cos[:width][None, None], step.sin[:width][None, None]
         where = torch.tensor(slots, dtype=torch.long, device=dev)
-        for layer, cache_k, cache_v in zip(lm.model.layers, self.cache_k, self.cache_v):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, width, nh, hd).transpose(1, 2)
-            k = attn.k_proj(h).view(b, width, nkv, hd).transpose(1, 2)
-            v = attn.v_proj(h).view(b, width, nkv, hd).transpose(1, 2)
-            q = (q * cos + rotate_half(q) * sin).to(cache_k.dtype)
-            k = (k * cos + rotate_half(k) * sin).to(cache_k.dtype)
-            v = v.to(cache_k.dtype)
-            cache_k[:, :, :width].index_copy_(0, where, k)
-            cache_v[:, :, :width].index_copy_(0, where, v)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
-            x = x + attn.o_proj(o.to(x.dtype).transpose(1, 2).reshape(b, width, nh * hd))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+
+        def keep(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            self.cache_k[i][:, :, :width].index_copy_(0, where, k)
+            self.cache_v[i][:, :, :width].index_copy_(0, where, v)
+
+        x = causal_layers(model, embed_sequences(model, image, ids), valid, keep=keep)
         last = torch.tensor([n - 1 for n in lengths], device=dev)
         logits = lm.lm_head(lm.model.norm(x[torch.arange(b, device=dev), last]))
         rows = []

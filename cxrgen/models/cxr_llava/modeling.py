@@ -32,7 +32,7 @@ from torch import nn
 from ..base import GeneratedReport, resolve_device, resolve_dtype, top_p_filter  # noqa: F401  (re-exported)
 from . import checkpoint as ckpt
 from .configuration import CheckpointError, CxrLlavaConfig
-from .decoding import Request, Shapes, attention_dtype, decode_stream, rotate_half
+from .decoding import Request, Shapes, attention_dtype, causal_layers, decode_stream, embed_sequences, rotate_half
 from .llama import LlamaForCausalLM, LlamaSizes, rope_tables
 from .preprocess import preprocess_image
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece, PromptIds, render_prompt
@@ -51,6 +51,7 @@ class CxrLlava(nn.Module):
         self.revision: str | None = None  # the Hub commit, when loaded from the Hub
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.eos_check_every: int | None = None  # None: every step on the CPU, every 8 steps on a GPU
+        self.gradient_checkpointing = False  # training: recompute each Llama layer in the backward pass
 
     # -- loading --------------------------------------------------------------------------------------------------
     @classmethod
@@ -109,6 +110,19 @@ class CxrLlava(nn.Module):
         """pixels [B,1,S,S] -> image embeddings [B, n_image_tokens, hidden]."""
         features = self.vision_tower(pixels.to(self.device, self.dtype))
         return self.mm_projector(features)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [b, width, vocab] of right-padded sequences (fine-tuning): ``input_ids`` hold each
+        row's prompt with its image positions (``decoding.IMAGE_INDEX``) and what follows; the prefill's own
+        embedding and layer code runs over them, so a sequence's prompt part is computed as generation computes it.
+        The vision tower runs without gradients (it is never trained); the projector does not."""
+        with torch.no_grad():
+            features = self.vision_tower(pixels.to(self.device, self.dtype))
+        valid = attention_mask.bool()
+        x = embed_sequences(self, self.mm_projector(features), input_ids)
+        x = causal_layers(self, x, valid, checkpoint=self.gradient_checkpointing and self.training)
+        return self.language_model.lm_head(self.language_model.model.norm(x))
 
     # -- generation -----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -154,6 +154,12 @@ class LlamaSentencePiece:
         offset = 1 if first and first[0] == self.bos_id else 0
         return PromptIds(before=tuple(first), after=tuple(second[offset:]))
 
+    def encode_reply(self, text: str) -> list[int]:
+        """The ids of a reply the model writes after its prompt, then ``</s>`` (a fine-tuning target): ``text``'s
+        tokens without a BOS. :meth:`decode_streamed` gives ``text`` back for text without line breaks."""
+        ids = self.encode(text)
+        return (ids[1:] if self.add_bos else ids) + [self.eos_id]
+
     # -- decoding -------------------------------------------------------------------------------------------------
     def decode(self, ids: list[int]) -> str:
         """``tokenizer.decode(ids, skip_special_tokens=True)`` of the slow Llama tokenizer."""

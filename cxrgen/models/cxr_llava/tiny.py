@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import target_name
+from ..base import RANDOM_WEIGHTS_KEY
+from .checkpoint import source_name, target_name
 from .configuration import CxrLlavaConfig
 from .prompt import REPORT_SYSTEM_PROMPT, REPORT_USER_PROMPT, LlamaSentencePiece
 
@@ -99,12 +100,7 @@ def _upstream_names(model) -> dict[str, str]:
     """Checkpoint name for each parameter of a CxrLlava module (the inverse of checkpoint.target_name)."""
     names = {}
     for name, _ in model.named_parameters():
-        if name.startswith("language_model.model."):
-            ckpt = "llama." + name[len("language_model.model."):]
-        elif name == "language_model.lm_head.weight":
-            ckpt = "lm_head.weight"
-        else:
-            ckpt = name
+        ckpt = source_name(name)
         assert target_name(ckpt) == name
         names[name] = ckpt
     return names
@@ -127,7 +123,7 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 3
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(out, legacy=legacy)
     tokenizer = LlamaSentencePiece.from_dir(out)
-    raw = tiny_config(tokenizer.vocab_size, **sizes)
+    raw = {**tiny_config(tokenizer.vocab_size, **sizes), RANDOM_WEIGHTS_KEY: True}
     (out / "config.json").write_text(json.dumps(raw, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2))
 

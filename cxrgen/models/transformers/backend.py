@@ -44,8 +44,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import hub
-from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, read_json_object, static_batches,
-                    top_p_filter)
+from ..base import (Finished, GeneratedReport, Item, ModelError, checkpoint_digest, random_weights, read_json_object,
+                    static_batches, top_p_filter)
 
 log = logging.getLogger("cxrgen")
 
@@ -158,6 +158,36 @@ def _as_numpy(features) -> dict[str, np.ndarray]:
     return out
 
 
+def _call_processor(processor, text: str | None, images: list, text_kwargs: dict, padding: bool = False):
+    """The processor on one prompt per image (no text when ``text`` is None or empty), as PyTorch tensors."""
+    texts = None if text is None or text == "" else [text] * len(images)
+    kwargs = dict(text_kwargs, return_tensors="pt")
+    if texts is not None and padding:
+        kwargs["padding"] = True
+    return processor(text=texts, images=[[image] for image in images], **kwargs)
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """Picklable: one study's model inputs on the CPU (batch axis of 1) from what :class:`PrepareImage` gave it.
+
+    A split processor (``text_inputs`` set): the text side, the same for every study, with the study's image part.
+    Otherwise the whole ``processor`` on the RGB image and ``text``."""
+
+    text_inputs: dict | None = None
+    processor: Any = None
+    text: str | None = None
+    text_kwargs: dict | None = None
+
+    def __call__(self, inputs) -> dict:
+        import torch
+
+        if self.text_inputs is not None:
+            return {**self.text_inputs,
+                    **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}}
+        return dict(_call_processor(self.processor, self.text, [inputs], self.text_kwargs or {}))
+
+
 def _probe_images():
     """Two RGB test images of different sizes and aspect ratios, with structure (not constant)."""
     from PIL import Image
@@ -227,7 +257,7 @@ class TransformersBackend:
                 "image_processor_class": classes["image_processor"].__name__,
                 "processor_split": "image part in the loader workers" if self.split
                 else "whole processor in the main process",
-                "transformers": _transformers_version()}
+                "transformers": _transformers_version(), "random_weights": random_weights(self.folder)}
 
     # -- prompt ------------------------------------------------------------------------------------------------
 
@@ -268,13 +298,8 @@ class TransformersBackend:
         return {}
 
     def _run_processor(self, text: str | None, images: list, padding: bool = False):
-        texts = None if text is None or text == "" else [text] * len(images)
-        images = [[image] for image in images]  # one image per prompt
-        kwargs = dict(self._text_kwargs(text), return_tensors="pt")
-        if texts is not None and padding:
-            kwargs["padding"] = True
         try:
-            return self.processor(text=texts, images=images, **kwargs)
+            return _call_processor(self.processor, text, images, self._text_kwargs(text), padding)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise ModelError(f"prompt.user: the processor {type(self.processor).__name__} of {self.folder} cannot "
                              f"take the prompt with an image ({type(e).__name__}: "
@@ -349,13 +374,20 @@ class TransformersBackend:
 
         yield from static_batches(generate, items, generation.batch_size)
 
+    def study_inputs(self, text: str | None) -> "StudyInputs":
+        """The picklable builder of one study's inputs for the prompt ``text`` (generation's batches are made of
+        these; fine-tuning builds its sequences on them)."""
+        if self.split:
+            return StudyInputs(text_inputs=self._text_inputs(text))
+        return StudyInputs(processor=self.processor, text=text, text_kwargs=self._text_kwargs(text))
+
     def batch_inputs(self, batch: list[Item], text: str | None) -> dict:
         import torch
 
         if self.split:
-            inputs = {k: v.repeat(len(batch), *([1] * (v.dim() - 1))) for k, v in self._text_inputs(text).items()}
-            for key in batch[0].inputs:
-                inputs[key] = torch.cat([torch.from_numpy(np.ascontiguousarray(item.inputs[key])) for item in batch])
+            study = self.study_inputs(text)
+            parts = [study(item.inputs) for item in batch]
+            inputs = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         else:
             inputs = dict(self._run_processor(text, [item.inputs for item in batch], padding=True))
         dtype = self.model.dtype

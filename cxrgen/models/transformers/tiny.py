@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..base import RANDOM_WEIGHTS_KEY
+
 #: Chat templates in the layout of the two model families, written for these tiny checkpoints. Message content may
 #: be a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts.
 LLAVA_CHAT_TEMPLATE = (
@@ -112,6 +114,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, image_size: int = 32
     _scale_weights(model, std, seed, [tokenizer.eos_token_id], eos_scale)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    setattr(model.config, RANDOM_WEIGHTS_KEY, True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -151,6 +154,7 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, image_size: int = 3
     model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]
     model.generation_config.pad_token_id = ids["<pad>"]
     model.generation_config.bos_token_id = ids["<bos>"]
+    setattr(model.config, RANDOM_WEIGHTS_KEY, True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -192,6 +196,7 @@ def build_tiny_blip(out_dir: str | Path, *, seed: int = 0, image_size: int = 32,
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config)
     _scale_weights(model, std, seed, [ids["[SEP]"]], eos_scale)
+    setattr(model.config, RANDOM_WEIGHTS_KEY, True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
