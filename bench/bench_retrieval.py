@@ -78,7 +78,9 @@ def rad_dino_sized(folder: Path) -> Path:
     return folder
 
 
-def build(kind: str, studies: int, batch_size: int, workers: str) -> dict:
+def build(kind: str, studies: int, batch_size: int, workers: str, device: str = "cpu",
+          dtype: str = "float32") -> dict:
+    """The index build of ``studies`` with the tiny or the RAD-DINO-sized encoder on ``device`` in ``dtype``."""
     from cxrgen.config import Config
     from cxrgen.models.retrieval.encoder import load_encoder
     from cxrgen.models.retrieval.index import open_index
@@ -89,23 +91,47 @@ def build(kind: str, studies: int, batch_size: int, workers: str) -> dict:
         tmp = Path(tmp)
         encoder_dir = build_tiny_dinov2(tmp / "enc") if kind == "tiny" else rad_dino_sized(tmp / "enc")
         cfg = Config.from_dict({
-            "model": {"backend": "retrieval", "name_or_path": str(encoder_dir), "device": "cpu", "dtype": "float32"},
+            "model": {"backend": "retrieval", "name_or_path": str(encoder_dir), "device": device, "dtype": dtype},
             "generation": {"batch_size": batch_size},
             "data": {"format": "manifest", "manifest": str(write_manifest(tmp, studies)), "split": "train"},
             "loader": {"num_workers": workers if workers == "auto" else int(workers)},
             "retrieval": {"index_dir": str(tmp / "index")}})
+        _sync(device, reset_peak=True)
         encoder = load_encoder(cfg)
         threads = configure_threads(encoder.device)
+        _sync(encoder.device)
         started = time.perf_counter()
         index = open_index(cfg, encoder)
+        _sync(encoder.device)
         seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in index.folder.iterdir())
     return {"section": f"build-{kind}", "studies": studies, "batch_size": batch_size, "threads": threads,
-            "loader_workers": workers, "seconds": round(seconds, 2), "images_per_s": round(studies / seconds, 2),
-            "dim": encoder.dim, "index_bytes": size, "peak_rss_mib": round(peak_mib(), 1)}
+            "loader_workers": workers, "device": str(encoder.device),
+            "dtype": str(encoder.model.dtype).replace("torch.", ""), "seconds": round(seconds, 2),
+            "images_per_s": round(studies / seconds, 2),
+            "dim": encoder.dim, "index_bytes": size, "peak_rss_mib": round(peak_mib(), 1),
+            "peak_gpu_mib": _peak_gpu_mib(encoder.device)}
 
 
-def search(rows: int, dim: int, batch: int, ks: tuple[int, ...], repeats: int) -> list[dict]:
+def _sync(device, reset_peak: bool = False) -> None:
+    """Wait for the device's work (CUDA); ``reset_peak``: and start its peak-memory count afresh."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gpu_mib(device) -> float | None:
+    import torch
+
+    device = torch.device(device)
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1) if device.type == "cuda" else None
+
+
+def search(rows: int, dim: int, batch: int, ks: tuple[int, ...], repeats: int, device: str = "cpu") -> list[dict]:
+    """:func:`nearest` alone on ``rows`` random unit vectors of width ``dim`` held on ``device``."""
     import numpy as np
     import torch
 
@@ -113,28 +139,33 @@ def search(rows: int, dim: int, batch: int, ks: tuple[int, ...], repeats: int) -
     from cxrgen.models.retrieval.search import nearest
     from cxrgen.threads import configure_threads
 
-    threads = configure_threads(torch.device("cpu"))
+    device = torch.device(device)
+    _sync(device, reset_peak=True)
+    threads = configure_threads(device)
     rng = np.random.default_rng(0)
     matrix = np.empty((rows, dim), dtype=np.float32)
     for start in range(0, rows, 65_536):  # in pieces: no second copy of the index in memory
         piece = rng.standard_normal((min(65_536, rows - start), dim), dtype=np.float32)
         matrix[start:start + len(piece)] = piece / np.linalg.norm(piece, axis=1, keepdims=True)
-    index = torch.from_numpy(matrix)
+    index = torch.from_numpy(matrix).to(device)
     loaded = rss_mib()
     queries = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((batch, dim), dtype=np.float32)),
-                                            dim=1)
+                                            dim=1).to(device)
     chunk = RetrievalConfig().chunk_size
     out = []
     for k in ks:
         nearest(queries, index, k, chunk)  # warm-up
+        _sync(device)
         started = time.perf_counter()
         for _ in range(repeats):
             nearest(queries, index, k, chunk)
+        _sync(device)
         seconds = (time.perf_counter() - started) / repeats
         out.append({"section": "search", "index_rows": rows, "dim": dim, "k": k, "batch": batch, "threads": threads,
-                    "chunk_size": chunk, "ms_per_batch": round(seconds * 1000, 2),
+                    "device": str(device), "chunk_size": chunk, "ms_per_batch": round(seconds * 1000, 2),
                     "queries_per_s": round(batch / seconds, 1), "index_mib": round(matrix.nbytes / 2 ** 20, 1),
-                    "rss_with_index_mib": round(loaded, 1), "peak_rss_mib": round(peak_mib(), 1)})
+                    "rss_with_index_mib": round(loaded, 1), "peak_rss_mib": round(peak_mib(), 1),
+                    "peak_gpu_mib": _peak_gpu_mib(device)})
     return out
 
 

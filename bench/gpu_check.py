@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The GPU check: correctness and speed of report generation on one CUDA GPU, in one command (bench/gpu_check.sh).
+"""The GPU check: correctness and speed of report generation, fine-tuning and retrieval on one CUDA GPU, in one
+command (bench/gpu_check.sh).
 
 Each section runs in its own process (a crash or an out-of-memory error stays in its section), in this order, each
 with its own time limit and all together within ``--budget`` seconds; a section the budget cannot fit is skipped:
@@ -23,6 +24,19 @@ with its own time limit and all together within ``--budget`` seconds; a section 
                 whether the quantized decode step can be captured as a CUDA graph
   transformers  the transformers backend on Gemma-3 at MedGemma-4B's size (random weights): reports/s at batch 16,
                 bf16 and 4-bit
+
+Two more sections run only when named (``--sections finetune,retrieval``, or ``--sections all``), in a second call of
+under 8 minutes, so that the generation sections keep theirs; each first runs its own tests marked ``cuda``:
+
+  finetune      tests/test_cuda_finetune.py (fine-tuning on CUDA in fp32 and bf16 memorises and generation writes
+                the references with its adapter; QLoRA and 4-bit generation with its adapter), then
+                finetune_cxr.py end to end (bench/bench_finetune.py, one process per configuration) on CXR-LLaVA-v2 at
+                its real size, random weights written to local disk in the published layout: training tokens/s,
+                studies/s and peak GPU memory at batch 1 and 4 (bf16, gradient checkpointing) and QLoRA at batch 4
+  retrieval     tests/test_cuda_retrieval.py (CUDA retrieves what the CPU retrieves), then the retrieval backend
+                (bench/bench_retrieval.py): the index build through the real pipeline with a
+                RAD-DINO-sized encoder (random weights) in bf16 and fp32, images/s; the exact search alone on
+                370,000 x 768 vectors (MIMIC-CXR's size) on the GPU, queries/s
 
 Writes OUT/<section>.json as each section ends, then OUT/gpu_check.json (everything) and OUT/gpu_check.md (the
 tables that go into bench/RESULTS.md), and prints the tables. ``--cpu-smoke`` runs every section at toy sizes on the
@@ -48,7 +62,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 #: (name, time limit in seconds on a GPU)
 SECTIONS = [("env", 60), ("pytest", 150), ("throughput", 180), ("invariance", 150), ("kernels", 90),
-            ("quant", 150), ("transformers", 120)]
+            ("quant", 150), ("transformers", 120), ("finetune", 360), ("retrieval", 150)]
+#: what runs unless --sections names others: the generation check (< 8 minutes on an H100/H200)
+DEFAULT_SECTIONS = ("env", "pytest", "throughput", "invariance", "kernels", "quant", "transformers")
 TARGET_REPORTS_PER_S = 15.0  # CXR-LLaVA-v2 at batch 32-64 on one H200
 
 
@@ -180,11 +196,13 @@ def section_env(args, device) -> dict:
     return out
 
 
-def section_pytest(args, device) -> dict:
+def run_tests(args, file: str) -> dict:
+    """The tests marked ``cuda`` in ``file``, in a pytest process: counts, each test's outcome, the output's tail;
+    ``failures`` names the file when pytest fails (exit 5, no test collected, is not a failure)."""
     import xml.etree.ElementTree as ET
 
-    report = Path(args.out) / "pytest.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
+    report = Path(args.out) / f"{Path(file).stem}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", file, "-p", "no:cacheprovider",
            f"--junitxml={report}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     tests = []
@@ -198,8 +216,15 @@ def section_pytest(args, device) -> dict:
                     message = (node.get("message") or "").splitlines()[0][:300] if node.get("message") else ""
             tests.append({"test": case.get("name"), "outcome": outcome, "message": message})
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
-    return {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "counts": counts, "tests": tests,
-            "tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
+    result = {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "counts": counts, "tests": tests,
+              "tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
+    if proc.returncode not in (0, 5):
+        result["failures"] = [f"{file}: pytest exited {proc.returncode}"]
+    return result
+
+
+def section_pytest(args, device) -> dict:
+    return run_tests(args, "tests/test_cuda.py")
 
 
 def section_throughput(args, device) -> dict:
@@ -615,6 +640,64 @@ def section_transformers(args, device) -> dict:
     return out
 
 
+def section_finetune(args, device) -> dict:
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench_finetune
+    from realsize import write_cxr_llava_checkpoint
+
+    smoke = args.cpu_smoke
+    steps, studies = (2, 8) if smoke else (10, 64)
+    configs = [(1, "none"), (2, "none")] if smoke else [(1, "none"), (4, "none"), (4, "4bit")]
+    tests = run_tests(args, "tests/test_cuda_finetune.py")  # first: the GPU to themselves
+    folder = Path(tempfile.mkdtemp(prefix="cxrgen-finetune-"))
+    try:
+        with Clock(device) as c:
+            checkpoint = write_cxr_llava_checkpoint(folder / "checkpoint", device, torch.bfloat16, tiny=smoke)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the training processes need the GPU to themselves
+        out = {"tests": tests, "steps": steps, "studies": studies, "dtype": "bfloat16",
+               "gradient_checkpointing": True, "checkpoint_write_s": c.seconds,
+               "checkpoint_gb": sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 1e9, "runs": []}
+        log(f"finetune: checkpoint of {out['checkpoint_gb']:.1f} GB written in {c.seconds:.0f} s")
+        manifest = bench_finetune.dataset(folder, studies)
+        options = SimpleNamespace(device=device.type, dtype="bfloat16", workers=0 if smoke else "auto", steps=steps,
+                                  prompt_user=None, gradient_checkpointing=True)
+        for batch, quantization in configs:
+            try:
+                row = bench_finetune.run(options, folder, str(checkpoint), manifest, batch, quantization)
+            except SystemExit as e:  # bench_finetune's way of naming a failed run: this configuration's result
+                row = {"config": f"b{batch}-{quantization}", "error": str(e)[-1500:]}
+            out["runs"].append(row)
+            log(f"finetune {row}")
+        if device.type != "cuda":
+            out["runs"].append({"config": "b4-4bit", "skipped": "bitsandbytes 4-bit needs a CUDA GPU"})
+        out["failures"] = tests.get("failures", []) + [f"fine-tuning {r['config']} failed"
+                                                       for r in out["runs"] if "error" in r]
+        return out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def section_retrieval(args, device) -> dict:
+    import bench_retrieval
+
+    smoke = args.cpu_smoke
+    tests = run_tests(args, "tests/test_cuda_retrieval.py")
+    kind, studies = ("tiny", 32) if smoke else ("rad-dino", 1024)
+    builds = [bench_retrieval.build(kind, studies, 64, "0" if smoke else "auto", device=str(device), dtype=dtype)
+              for dtype in ("bfloat16", "float32")]
+    for row in builds:
+        log(f"retrieval build {row}")
+    rows = 2_000 if smoke else 370_000
+    search = bench_retrieval.search(rows, 768, 64, (1, 5), repeats=3 if smoke else 20, device=str(device))
+    return {"encoder": "tiny DINOv2" if smoke else "RAD-DINO-sized DINOv2 ViT-B/14, 518 px, random weights",
+            "tests": tests, "builds": builds, "search": search, "failures": tests.get("failures", [])}
+
+
 # -- the tables ------------------------------------------------------------------------------------------------------
 
 def fmt(value, digits=2):
@@ -623,6 +706,14 @@ def fmt(value, digits=2):
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def pytest_lines(data: dict) -> list[str]:
+    counts = data["counts"]
+    lines = [f"**Tests marked cuda** (`{data['command']}`): {counts['passed']} passed, {counts['failed']} "
+             f"failed, {counts['error']} errors, {counts['skipped']} skipped.", ""]
+    lines += [f"- {t['test']}: {t['outcome']} {t['message']}" for t in data["tests"] if t["outcome"] != "passed"]
+    return lines + [""]
 
 
 def markdown(results: dict) -> str:
@@ -642,13 +733,10 @@ def markdown(results: dict) -> str:
         if "error" in data or "skipped" in data:
             lines += [f"**{name}**: {data.get('error') or data.get('skipped')}", ""]
             continue
+        if "tests" in data and name != "pytest":
+            lines += pytest_lines(data["tests"])
         if name == "pytest":
-            counts = data["counts"]
-            lines += [f"**Tests marked cuda** (`{data['command']}`): {counts['passed']} passed, {counts['failed']} "
-                      f"failed, {counts['error']} errors, {counts['skipped']} skipped.", ""]
-            lines += [f"- {t['test']}: {t['outcome']} {t['message']}" for t in data["tests"]
-                      if t["outcome"] != "passed"]
-            lines.append("")
+            lines += pytest_lines(data)
         elif name == "throughput":
             lines += ["**CXR-LLaVA-v2 at real size, bf16** (random weights, IU X-ray report lengths: mean "
                       f"{fmt(data['lengths']['mean'], 0)}, median {data['lengths']['median']}, max "
@@ -726,6 +814,36 @@ def markdown(results: dict) -> str:
                              f"{(str(vs['of'] - vs['differ']) + '/' + str(vs['of'])) if vs else '-'} | "
                              f"{fmt(r.get('token_agreement'), 3)} | {g} |")
             lines.append("")
+        elif name == "finetune":
+            lines += [f"**Fine-tuning CXR-LLaVA-v2 at real size** (`finetune_cxr.py`, random weights, "
+                      f"{data['dtype']}, gradient checkpointing, LoRA r = 16 on the seven Llama projections, "
+                      f"{data['steps']} steps of {data['studies']} studies in turn, one validation and one checkpoint "
+                      f"at the end; checkpoint {fmt(data['checkpoint_gb'], 1)} GB written in "
+                      f"{fmt(data['checkpoint_write_s'], 0)} s).", "",
+                      "| batch | base | training s | tokens/s | studies/s | peak GPU GB | loss first / last |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in data["runs"]:
+                if "error" in r or "skipped" in r:
+                    lines.append(f"| {r['config']} | {(r.get('error') or r.get('skipped'))[-150:]} | | | | | |")
+                    continue
+                base = "bf16" if r["quantization"] == "none" else r["quantization"]
+                lines.append(f"| {r['batch_size']} | {base} | {fmt(r['train_seconds'])} | "
+                             f"{fmt(r['tokens_per_second'], 0)} | {fmt(r['studies_per_second'])} | "
+                             f"{fmt(r['peak_gpu_memory_gb'], 1)} | {fmt(r['first_loss'])} / {fmt(r['last_loss'])} |")
+            lines.append("")
+        elif name == "retrieval":
+            lines += [f"**Retrieval** ({data['encoder']}): index build through the pipeline (loader workers, "
+                      "encoder, batch files), then the exact search alone.", "",
+                      "| what | size | rate | time | GPU memory |", "|---|---|---|---|---|"]
+            for r in data["builds"]:
+                lines.append(f"| build, {r['dtype']}, batch {r['batch_size']}, {r['loader_workers']} loader "
+                             f"workers | {r['studies']:,} studies | {fmt(r['images_per_s'], 1)} images/s | "
+                             f"{fmt(r['seconds'])} s | {fmt(r['peak_gpu_mib'], 0)} MiB |")
+            for r in data["search"]:
+                lines.append(f"| search, k = {r['k']}, batches of {r['batch']} | {r['index_rows']:,} x {r['dim']} | "
+                             f"{r['queries_per_s']:,} queries/s | {r['ms_per_batch']} ms per batch | "
+                             f"{fmt(r['peak_gpu_mib'], 0)} MiB |")
+            lines.append("")
         elif name == "transformers":
             lines += [f"**transformers backend, Gemma-3 at MedGemma-4B's size**: batch {data['batch']}, "
                       f"{data['studies']} studies, up to {data['max_new_tokens']} new tokens.", "",
@@ -774,14 +892,20 @@ def main() -> int:
     p.add_argument("--out", required=True, help="folder for the JSON and markdown results")
     p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (the test suite runs this)")
     p.add_argument("--budget", type=float, default=450, help="seconds for all sections together (default 450)")
-    p.add_argument("--sections", default=",".join(n for n, _ in SECTIONS), help="comma-separated subset")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated, of {', '.join(n for n, _ in SECTIONS)}, or all (default: "
+                        f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--section", help=argparse.SUPPRESS)  # internal: run one section in this process
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.section:
         return run_section(args.section, args)
     start = time.time()
-    wanted = args.sections.split(",")
+    names = [n for n, _ in SECTIONS]
+    wanted = names if args.sections == "all" else [n.strip() for n in args.sections.split(",")]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        p.error(f"--sections: no section {', '.join(unknown)} (there are {', '.join(names)}, or all)")
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_smoke": args.cpu_smoke,
                      "commit": _commit()}
     failed = False
@@ -804,7 +928,7 @@ def main() -> int:
             result = {"error": f"stopped at its {timeout:.0f} s limit"}
         except (OSError, ValueError) as e:
             result = {"error": f"no result ({type(e).__name__}: {e})"}
-        failed |= "error" in result or (name == "pytest" and result.get("exit_code") not in (0, 5))
+        failed |= "error" in result or bool(result.get("failures"))
         results[name] = result
         log(f"== {name}: {'error: ' + result['error'] if 'error' in result else 'done'} "
             f"in {result.get('section_seconds', time.time() - start):.0f} s")

@@ -114,3 +114,44 @@ def build_medgemma(folder: Path, device: torch.device, dtype: torch.dtype, *, ti
     model.generation_config.pad_token_id = ids["<pad>"]
     model.generation_config.bos_token_id = ids["<bos>"]
     return model.eval(), processor
+
+
+def write_cxr_llava_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype, *, tiny: bool = False,
+                               shard_bytes: int = 2 << 30) -> Path:
+    """CXR-LLaVA-v2 with :func:`build_cxr_llava`'s random weights written to ``folder`` in the published checkpoint
+    layout (its parameter names, ``dtype`` safetensors shards of at most ``shard_bytes`` with their index, the
+    config marked as random weights), for what loads a checkpoint from disk (fine-tuning). The shards are written
+    one at a time from ``device``, so the host never holds more than one."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from cxrgen.models.base import RANDOM_WEIGHTS_KEY
+    from cxrgen.models.cxr_llava.tiny import _upstream_names
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_cxr_llava(folder, device, dtype, tiny=tiny)
+    raw = tiny_config(model.tokenizer.vocab_size) if tiny else CXR_LLAVA_V2
+    (folder / "config.json").write_text(json.dumps({**raw, RANDOM_WEIGHTS_KEY: True}, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"_from_model_config": True}))
+    names = _upstream_names(model)
+    params = dict(model.named_parameters())
+    groups, size = [[]], 0
+    for name in sorted(params, key=lambda n: names[n]):
+        nbytes = params[name].numel() * params[name].element_size()
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    weight_map = {}
+    for i, group in enumerate(groups, start=1):
+        file = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file({names[n]: params[n].detach().to("cpu").contiguous() for n in group}, str(folder / file),
+                  metadata={"format": "pt"})
+        weight_map.update({names[n]: file for n in group})
+    total = sum(p.numel() * p.element_size() for p in params.values())
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    del model, params
+    return folder
