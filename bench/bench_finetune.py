@@ -80,6 +80,21 @@ def run(args, folder: Path, checkpoint: str, manifest: Path, batch: int, quantiz
             "first_loss": record["steps"][0]["loss"], "last_loss": record["steps"][-1]["loss"]}
 
 
+def table(rows: list[dict]) -> str:
+    """The rows of :func:`run` as a Markdown table; a row with ``error`` or ``skipped`` shows that instead."""
+    lines = ["| config | device, dtype | steps | tokens | training s | tokens/s | studies/s | max RSS GB | GPU peak GB "
+             "| loss first / last |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['config']} | {(r.get('error') or r.get('skipped'))[-150:]} | | | | | | | | |")
+            continue
+        gpu = r["peak_gpu_memory_gb"] if r["peak_gpu_memory_gb"] is not None else "-"
+        lines.append(f"| {r['config']} | {r['device']}, {r['dtype']} | {r['steps']} | {r['tokens']} | "
+                     f"{r['train_seconds']} | {r['tokens_per_second']} | {r['studies_per_second']} | "
+                     f"{r['max_rss_gb']} | {gpu} | {r['first_loss']:.3f} / {r['last_loss']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a CXR-LLaVA or transformers checkpoint (default: a tiny random one)")
@@ -103,12 +118,7 @@ def main() -> None:
             checkpoint = str(build_tiny_checkpoint(folder / "tiny", seed=0, shards=1))
         manifest = dataset(folder, args.studies)
         rows = [run(args, folder, checkpoint, manifest, b, q) for q in args.quantization for b in args.batch_sizes]
-    print("| config | device, dtype | steps | tokens | training s | tokens/s | studies/s | max RSS GB | GPU peak GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['config']} | {r['device']}, {r['dtype']} | {r['steps']} | {r['tokens']} | {r['train_seconds']} | "
-              f"{r['tokens_per_second']} | {r['studies_per_second']} | {r['max_rss_gb']} | "
-              f"{r['peak_gpu_memory_gb'] if r['peak_gpu_memory_gb'] is not None else '-'} |")
+    print(table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
 

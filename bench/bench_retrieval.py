@@ -197,19 +197,21 @@ def child(args) -> None:
 
 
 def table(rows: list[dict]) -> str:
+    """The rows of :func:`build` and :func:`search` as a Markdown table (with the GPU's peak where there is one)."""
     lines = ["| what | size | rate | time | memory |", "|---|---|---|---|---|"]
     for r in rows:
+        gpu = f"; GPU peak {r['peak_gpu_mib']} MiB" if r.get("peak_gpu_mib") is not None else ""
         if r["section"].startswith("build"):
             encoder = "tiny DINOv2 (pipeline)" if r["section"] == "build-tiny" else "RAD-DINO-sized DINOv2 (random)"
-            lines.append(f"| index build, {encoder}, batch {r['batch_size']}, {r['threads']} thread(s), "
-                         f"{r['loader_workers']} loader workers | {r['studies']:,} studies | "
+            lines.append(f"| index build, {encoder}, {r['dtype']} on {r['device']}, batch {r['batch_size']}, "
+                         f"{r['threads']} thread(s), {r['loader_workers']} loader workers | {r['studies']:,} studies | "
                          f"{r['images_per_s']} images/s | {r['seconds']} s | peak RSS {r['peak_rss_mib']} MiB, "
-                         f"index {r['index_bytes'] / 2 ** 20:.1f} MiB |")
+                         f"index {r['index_bytes'] / 2 ** 20:.1f} MiB{gpu} |")
         else:
-            lines.append(f"| search, k = {r['k']}, batches of {r['batch']}, {r['threads']} thread(s) | "
-                         f"{r['index_rows']:,} x {r['dim']} | {r['queries_per_s']:,} queries/s | "
+            lines.append(f"| search, k = {r['k']}, batches of {r['batch']}, on {r['device']}, {r['threads']} "
+                         f"thread(s) | {r['index_rows']:,} x {r['dim']} | {r['queries_per_s']:,} queries/s | "
                          f"{r['ms_per_batch']} ms per batch | index {r['index_mib']} MiB; RSS with it "
-                         f"{r['rss_with_index_mib']} MiB, peak {r['peak_rss_mib']} MiB |")
+                         f"{r['rss_with_index_mib']} MiB, peak {r['peak_rss_mib']} MiB{gpu} |")
     return "\n".join(lines)
 
 

@@ -815,35 +815,19 @@ def markdown(results: dict) -> str:
                              f"{fmt(r.get('token_agreement'), 3)} | {g} |")
             lines.append("")
         elif name == "finetune":
+            import bench_finetune
+
             lines += [f"**Fine-tuning CXR-LLaVA-v2 at real size** (`finetune_cxr.py`, random weights, "
                       f"{data['dtype']}, gradient checkpointing, LoRA r = 16 on the seven Llama projections, "
                       f"{data['steps']} steps of {data['studies']} studies in turn, one validation and one checkpoint "
                       f"at the end; checkpoint {fmt(data['checkpoint_gb'], 1)} GB written in "
-                      f"{fmt(data['checkpoint_write_s'], 0)} s).", "",
-                      "| batch | base | training s | tokens/s | studies/s | peak GPU GB | loss first / last |",
-                      "|---|---|---|---|---|---|---|"]
-            for r in data["runs"]:
-                if "error" in r or "skipped" in r:
-                    lines.append(f"| {r['config']} | {(r.get('error') or r.get('skipped'))[-150:]} | | | | | |")
-                    continue
-                base = "bf16" if r["quantization"] == "none" else r["quantization"]
-                lines.append(f"| {r['batch_size']} | {base} | {fmt(r['train_seconds'])} | "
-                             f"{fmt(r['tokens_per_second'], 0)} | {fmt(r['studies_per_second'])} | "
-                             f"{fmt(r['peak_gpu_memory_gb'], 1)} | {fmt(r['first_loss'])} / {fmt(r['last_loss'])} |")
-            lines.append("")
+                      f"{fmt(data['checkpoint_write_s'], 0)} s).", "", bench_finetune.table(data["runs"]), ""]
         elif name == "retrieval":
+            import bench_retrieval
+
             lines += [f"**Retrieval** ({data['encoder']}): index build through the pipeline (loader workers, "
                       "encoder, batch files), then the exact search alone.", "",
-                      "| what | size | rate | time | GPU memory |", "|---|---|---|---|---|"]
-            for r in data["builds"]:
-                lines.append(f"| build, {r['dtype']}, batch {r['batch_size']}, {r['loader_workers']} loader "
-                             f"workers | {r['studies']:,} studies | {fmt(r['images_per_s'], 1)} images/s | "
-                             f"{fmt(r['seconds'])} s | {fmt(r['peak_gpu_mib'], 0)} MiB |")
-            for r in data["search"]:
-                lines.append(f"| search, k = {r['k']}, batches of {r['batch']} | {r['index_rows']:,} x {r['dim']} | "
-                             f"{r['queries_per_s']:,} queries/s | {r['ms_per_batch']} ms per batch | "
-                             f"{fmt(r['peak_gpu_mib'], 0)} MiB |")
-            lines.append("")
+                      bench_retrieval.table(data["builds"] + data["search"]), ""]
         elif name == "transformers":
             lines += [f"**transformers backend, Gemma-3 at MedGemma-4B's size**: batch {data['batch']}, "
                       f"{data['studies']} studies, up to {data['max_new_tokens']} new tokens.", "",

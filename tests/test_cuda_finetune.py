@@ -8,9 +8,7 @@ runs them (``python -m pytest -m cuda tests/test_cuda_finetune.py``).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 from pathlib import Path
 
@@ -22,23 +20,20 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 NEEDS_BNB = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 
 DEVICE = "cuda"
-#: 8 short references memorised by the tiny checkpoint (the CPU test's settings, tests/test_finetune.py)
-MEMORISE = dict(max_steps=24, learning_rate=0.005, batch_size=8, val_split=None)
 
 
-def _finetune(tmp_path: Path, checkpoint: Path, name: str, **model) -> tuple[Path, Path]:
-    """finetune_cxr.py on DEVICE memorising the 8 training studies; (config, adapter folder)."""
-    import finetune_cxr
+def _finetune(tmp_path: Path, checkpoint: Path, name: str, capsys, **model) -> tuple[Path, Path]:
+    """finetune_cxr.py on DEVICE memorising the 8 training studies with the CPU test's settings (tests/
+    test_finetune.py); (config, adapter folder)."""
     from helpers import finetune_config, write_training_manifest
+    from test_finetune import MEMORISE, train
 
     manifest = write_training_manifest(tmp_path / "data")
+    training = {**MEMORISE["cxr_llava"], "batch_size": 8, "val_split": None}
     cfg_path = finetune_config(tmp_path, checkpoint, manifest, run_name=name, model__device=DEVICE,
                                **{f"model__{k}": v for k, v in model.items()},
-                               **{f"training__{k}": v for k, v in MEMORISE.items()})
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):  # its last line: the adapter folder
-        assert finetune_cxr.main(["--quiet", "--config", str(cfg_path)]) == 0
-    return cfg_path, Path(buffer.getvalue().strip().splitlines()[-1])
+                               **{f"training__{k}": v for k, v in training.items()})
+    return cfg_path, train(cfg_path, capsys)
 
 
 def _losses(adapter: Path) -> list[float]:
@@ -46,40 +41,42 @@ def _losses(adapter: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fine_tuning_on_cuda_memorises_and_generation_writes_the_references(tmp_path, tiny_dir, dtype):
+def test_fine_tuning_on_cuda_memorises_and_generation_writes_the_references(tmp_path, tiny_dir, dtype, capsys):
     """finetune_cxr.py on CUDA (the Trainer's mixed precision in bfloat16) lowers the loss as on the CPU, and
     generate_cxr.py on CUDA with the adapter it wrote writes at least 7 of the 8 training references exactly."""
     import generate_cxr
-    import pandas as pd
 
     from cxrgen.config import load_config
+    from helpers import reports
+    from test_finetune import MEMORISE
 
-    cfg_path, adapter = _finetune(tmp_path, tiny_dir, f"ft-{dtype}", dtype=dtype)
+    cfg_path, adapter = _finetune(tmp_path, tiny_dir, f"ft-{dtype}", capsys, dtype=dtype)
     losses = _losses(adapter)
-    assert len(losses) == MEMORISE["max_steps"] and losses[0] / losses[-1] >= 5, losses
+    assert len(losses) == MEMORISE["cxr_llava"]["max_steps"] and losses[0] / losses[-1] >= 5, losses
     start = json.loads((adapter.parent / "train.json").read_text())["starts"][-1]
     assert start["device"].startswith(DEVICE) and start["dtype"] == dtype, start
     assert generate_cxr.main(["--quiet", "--config", str(cfg_path), "--set", f"model.adapter={adapter}",
                               "--set", f"model.dtype={dtype}"]) == 0
-    reports = pd.read_csv(load_config(cfg_path).run_dir / "reports.csv")
-    assert len(reports) == 8 and (reports["generated_report"] == reports["reference"]).sum() >= 7, \
-        reports[["reference", "generated_report"]]
+    rows = reports(load_config(cfg_path).run_dir)
+    assert len(rows) == 8 and (rows["generated_report"] == rows["reference"]).sum() >= 7, \
+        rows[["reference", "generated_report"]]
 
 
 @NEEDS_BNB
-def test_qlora_on_cuda_trains_an_adapter_that_4bit_generation_loads(tmp_path, tiny_dir):
+def test_qlora_on_cuda_trains_an_adapter_that_4bit_generation_loads(tmp_path, tiny_dir, capsys):
     """model.quantization 4bit in fine-tuning (QLoRA: LoRA over bitsandbytes 4-bit Llama layers, bfloat16): the loss
     falls, and generation with the same 4-bit base and the adapter writes a report for every study."""
     import generate_cxr
-    import pandas as pd
 
     from cxrgen.config import load_config
+    from helpers import reports
+    from test_finetune import MEMORISE
 
-    cfg_path, adapter = _finetune(tmp_path, tiny_dir, "qlora", dtype="bfloat16", quantization="4bit")
+    cfg_path, adapter = _finetune(tmp_path, tiny_dir, "qlora", capsys, dtype="bfloat16", quantization="4bit")
     losses = _losses(adapter)
-    assert len(losses) == MEMORISE["max_steps"] and losses[0] / losses[-1] >= 2, losses
+    assert len(losses) == MEMORISE["cxr_llava"]["max_steps"] and losses[0] / losses[-1] >= 2, losses
     assert (adapter / "adapter_model.safetensors").is_file()
     assert generate_cxr.main(["--quiet", "--config", str(cfg_path), "--set", f"model.adapter={adapter}",
                               "--set", "model.dtype=bfloat16", "--set", "model.quantization=4bit"]) == 0
-    reports = pd.read_csv(load_config(cfg_path).run_dir / "reports.csv")
-    assert len(reports) == 8 and (reports["error"].fillna("") == "").all()
+    rows = reports(load_config(cfg_path).run_dir)
+    assert len(rows) == 8 and (rows["error"].fillna("") == "").all()
